@@ -1,0 +1,18 @@
+# Two commands for a newcomer (see README): `make demo` and `make test`.
+# Each creates the virtualenv on first use; torch goes in first, pinned to the CPU build.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.mspt-installed
+
+.PHONY: install test
+
+$(STAMP): setup.py constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,plots]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
