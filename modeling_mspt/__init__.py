@@ -1,0 +1,44 @@
+"""MSPT model, heads and processor, registered with the transformers Auto classes on import."""
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoProcessor,
+)
+
+from .configuration_mspt import MSPTConfig
+from .crf_mspt import MSPTCRF
+from .modeling_mspt import (
+    MSPTForRelationExtraction,
+    MSPTForTokenClassification,
+    MSPTInteractionAttentions,
+    MSPTModel,
+    MSPTModelOutput,
+    MSPTPreTrainedModel,
+    MSPTRelationExtractionOutput,
+    MSPTTokenClassificationOutput,
+)
+from .processing_mspt import RE_MARKERS, MSPTProcessor
+
+AutoConfig.register("mspt", MSPTConfig, exist_ok=True)
+AutoModel.register(MSPTConfig, MSPTModel, exist_ok=True)
+AutoModelForSequenceClassification.register(MSPTConfig, MSPTForRelationExtraction, exist_ok=True)
+AutoModelForTokenClassification.register(MSPTConfig, MSPTForTokenClassification, exist_ok=True)
+AutoProcessor.register(MSPTConfig, MSPTProcessor, exist_ok=True)
+
+__all__ = [
+    "MSPTConfig",
+    "MSPTCRF",
+    "MSPTModel",
+    "MSPTPreTrainedModel",
+    "MSPTForRelationExtraction",
+    "MSPTForTokenClassification",
+    "MSPTModelOutput",
+    "MSPTInteractionAttentions",
+    "MSPTRelationExtractionOutput",
+    "MSPTTokenClassificationOutput",
+    "MSPTProcessor",
+    "RE_MARKERS",
+]
