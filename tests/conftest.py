@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny configs built in-process (hidden 32, 2 layers, 4 heads, intermediate 37, image 32, patch 8,
+batch 3, odd text length 7), a tiny tokenizer and image processor, and the real split files in ../shared/data."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+TEXT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=64,
+            max_position_embeddings=40)  # fmt: skip
+VISION = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, image_size=32,
+              patch_size=8)  # fmt: skip
+RE_LABELS = {0: "None", 1: "/per/per/peer", 2: "/per/org/member_of", 3: "/loc/loc/contain", 4: "/org/loc/locate_at"}
+NER_LABELS = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}
+WORDS = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran", "in", "park", "john", "smith", "paris", "visited"]
+
+
+def make_config(labels=RE_LABELS, text=None, vision=None, **kwargs):
+    from modeling_mspt import MSPTConfig
+
+    kwargs.setdefault("num_interaction_layers", 1)
+    kwargs.setdefault("max_text_length", 16)
+    return MSPTConfig(text_config={**TEXT, **(text or {})}, vision_config={**VISION, **(vision or {})},
+                      id2label=dict(labels), **kwargs)  # fmt: skip
+
+
+def make_inputs(config, batch=3, length=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(5, config.text_config.vocab_size, (batch, length), generator=g)
+    attention_mask = torch.ones(batch, length, dtype=torch.long)
+    attention_mask[1, length - 2 :] = 0  # one padded sample
+    size = config.vision_config.image_size
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "pixel_values": torch.randn(batch, 3, size, size, generator=g),
+        "image_mask": torch.ones(batch, dtype=torch.long),
+    }
+
+
+@pytest.fixture
+def tiny_tokenizer():
+    from transformers import BertTokenizer
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS + ["##s", "##ed", "##ing"]
+    return BertTokenizer(vocab={w: i for i, w in enumerate(vocab)})
+
+
+@pytest.fixture
+def tiny_image_processor():
+    from transformers import CLIPImageProcessorPil
+
+    return CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+
+
+@pytest.fixture
+def tiny_processor(tiny_tokenizer, tiny_image_processor):
+    from modeling_mspt import MSPTProcessor
+
+    return MSPTProcessor(image_processor=tiny_image_processor, tokenizer=tiny_tokenizer, max_length=16)
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"The real split files are expected at {SHARED_DATA} (a copy of shared/ beside the repository).")
+    return SHARED_DATA
