@@ -79,8 +79,9 @@ class MSPTProcessor(ProcessorMixin):
         word_labels: one tag id per word (NER); aligned to first sub-tokens, -100 elsewhere.
         labels: one relation id per example (relation extraction).
         aux_images: up to `num_aux_images` object crops (PIL or path) per example.
-        Returns `input_ids`, `attention_mask`, `token_type_ids`, `pixel_values`, `image_mask`, `word_start_mask`, and
-        `entity_positions` (with spans), `labels` (with labels or word_labels), `aux_pixel_values` / `aux_mask`.
+        Returns `input_ids`, `attention_mask`, `token_type_ids`, `pixel_values`, `image_mask`; with spans (relation
+        extraction) `entity_positions` and `labels`; without (NER) `word_start_mask` and `labels` from `word_labels`;
+        `aux_pixel_values` / `aux_mask` when the processor has object crops. The result goes straight into the model.
         """
         if not words or isinstance(words[0], str):
             raise ValueError("`words` must be a non-empty list of word lists, one per example.")
@@ -98,17 +99,20 @@ class MSPTProcessor(ProcessorMixin):
             sequences, is_split_into_words=True, truncation=True, max_length=self.max_length, padding=padding,
             return_tensors=return_tensors,
         )  # fmt: skip
-        word_ids = [encoding.word_ids(i) for i in range(batch)]
         data = dict(encoding)
-        data["word_start_mask"] = torch.tensor(
-            [[int(w is not None and (j == 0 or ids[j - 1] != w)) for j, w in enumerate(ids)] for ids in word_ids]
-        )
-        if head_spans is not None:
+        if head_spans is not None:  # relation extraction
+            if word_labels is not None:
+                raise ValueError("`word_labels` (NER) and `head_spans` (relation extraction) exclude each other.")
             data["entity_positions"] = self._entity_positions(encoding["input_ids"])
-        if word_labels is not None:
-            data["labels"] = self._align_labels(words, word_labels, word_ids, data["word_start_mask"])
-        elif labels is not None:
-            data["labels"] = torch.tensor(labels, dtype=torch.long)
+            if labels is not None:
+                data["labels"] = torch.tensor(labels, dtype=torch.long)
+        else:  # NER
+            word_ids = [encoding.word_ids(i) for i in range(batch)]
+            data["word_start_mask"] = torch.tensor(
+                [[int(w is not None and (j == 0 or ids[j - 1] != w)) for j, w in enumerate(ids)] for ids in word_ids]
+            )
+            if word_labels is not None:
+                data["labels"] = self._align_labels(words, word_labels, word_ids, data["word_start_mask"])
         data.update(self._images(images, batch))
         if self.num_aux_images:
             data.update(self._aux_images(aux_images, batch))

@@ -81,3 +81,17 @@ def test_truncation_respects_max_length(tiny_processor):
 def test_bad_input_names_the_argument(tiny_processor, kwargs, message):
     with pytest.raises(ValueError, match=message):
         tiny_processor([["john", "paris"]], **kwargs)
+
+
+def test_processor_output_goes_straight_into_both_heads(tiny_processor):
+    from conftest import NER_LABELS, RE_LABELS, make_config
+    from modeling_mspt import MSPTForRelationExtraction, MSPTForTokenClassification
+
+    vocab = {"vocab_size": len(tiny_processor.tokenizer)}
+    ner = MSPTForTokenClassification(make_config(NER_LABELS, text=vocab)).eval()
+    batch = tiny_processor([["john", "cats", "paris"], ["dogs"]], word_labels=[[1, 0, 3], [0]])
+    out = ner(**batch)
+    assert ((out.tags == -100) == (batch["labels"] == -100)).all() and out.loss > 0
+    re = MSPTForRelationExtraction(make_config(RE_LABELS, text=vocab, re_pooling="entity")).eval()
+    batch = tiny_processor([["john", "paris"]], head_spans=[(0, 1)], tail_spans=[(1, 2)], labels=[3])
+    assert re(**batch).logits.shape == (1, len(RE_LABELS))
