@@ -459,6 +459,10 @@ def _split_head(classifier: nn.Linear, vision_features, text_features):
     return vision_logits, text_logits
 
 
+def _mask_labels(logits, label_mask):
+    return logits if label_mask is None else logits.masked_fill(~label_mask.bool(), -1e4)
+
+
 def _check_labels(labels, num_labels, valid):
     bad = valid & ((labels < 0) | (labels >= num_labels))
     if bad.any():
@@ -498,11 +502,14 @@ class MSPTForRelationExtraction(MSPTPreTrainedModel):
         aux_mask: torch.Tensor | None = None,
         entity_positions: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        label_mask: torch.Tensor | None = None,
         output_interaction_attentions: bool = False,
     ) -> MSPTRelationExtractionOutput:
         r"""
         entity_positions (`[batch, 2]`): token positions of `<s>` and `<o>`; required with `re_pooling="entity"`.
         labels (`[batch]`): relation ids in `[0, num_labels)`, or -100 to ignore.
+        label_mask (`[num_labels]` bool): labels that may be predicted (e.g. those seen so far in a continual run);
+            the others get a logit of -1e4 in `logits` (the per-modality logits are left as they are).
         Other arguments as in [`MSPTModel.forward`].
         """
         if labels is not None:
@@ -521,7 +528,7 @@ class MSPTForRelationExtraction(MSPTPreTrainedModel):
         vision_logits, text_logits = _split_head(
             self.classifier, self.dropout(out.vision_pooler_output), self.dropout(text_features)
         )
-        logits = vision_logits + text_logits
+        logits = _mask_labels(vision_logits + text_logits, label_mask)
         loss = F.cross_entropy(logits, labels) if labels is not None else None
         return MSPTRelationExtractionOutput(
             loss=loss,
@@ -568,12 +575,14 @@ class MSPTForTokenClassification(MSPTPreTrainedModel):
         aux_mask: torch.Tensor | None = None,
         word_start_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        label_mask: torch.Tensor | None = None,
         output_interaction_attentions: bool = False,
     ) -> MSPTTokenClassificationOutput:
         r"""
         word_start_mask (`[batch, text_len]`): 1 at the first sub-token of each word (MSPTProcessor gives it). The CRF
             runs over these positions. Without it: `labels != -100` when labels are given, else `attention_mask`.
         labels (`[batch, text_len]`): tag ids at word starts, -100 elsewhere.
+        label_mask (`[num_labels]` bool): tags that may be predicted; the others get an emission of -1e4.
         Other arguments as in [`MSPTModel.forward`].
         """
         if word_start_mask is None:
@@ -591,7 +600,7 @@ class MSPTForTokenClassification(MSPTPreTrainedModel):
         positions = self.mspt.text_embeddings.position_embeddings.weight[: text.shape[1]]  # [L, D]
         vision = out.vision_pooler_output.unsqueeze(1) + positions  # [B, L, D]
         vision_logits, text_logits = _split_head(self.classifier, self.dropout(vision), self.dropout(text))
-        logits = vision_logits + text_logits
+        logits = _mask_labels(vision_logits + text_logits, label_mask)
 
         # Left-pack the word-start positions (a stable sort keeps their order) so the CRF sees contiguous sequences.
         order = torch.argsort((~words).to(torch.int8), dim=1, stable=True)  # [B, L]

@@ -222,3 +222,16 @@ def test_defaults_are_bert_base_and_clip_b32():
     config = MSPTConfig()
     assert (config.text_config.hidden_size, config.vision_config.patch_size, config.vision_seq_length) == (768, 32, 50)
     assert config.num_interaction_layers == 3 and config.shared_key_mode == "bank"
+
+
+def test_label_mask_removes_unseen_labels_from_predictions():
+    config = make_config()
+    model = seeded(MSPTForRelationExtraction, config).eval()
+    inputs = make_inputs(config)
+    mask = torch.tensor([True, True, False, False, True])
+    out = model(**inputs, label_mask=mask)
+    assert mask[out.logits.argmax(-1)].all()
+    torch.testing.assert_close(out.logits[:, mask], model(**inputs).logits[:, mask])
+    ner = seeded(MSPTForTokenClassification, make_config(NER_LABELS)).eval()
+    tags = ner(**inputs, label_mask=torch.tensor([True, True, True, False, False])).tags
+    assert ((tags == -100) | (tags < 3)).all()
