@@ -1,0 +1,37 @@
+"""Continual training of MSPT models: the Trainer subclass, its arguments, losses, replay memory, metrics, state."""
+
+from .arguments import STRATEGY_PRESETS, ContinualTrainingArguments
+from .collator import MSPTDataCollator
+from .losses import (
+    attention_distillation,
+    ewc_penalty,
+    lwf_loss,
+    modality_scores,
+    modulation_coefficients,
+    reference_attention_distillation,
+)
+from .metrics import METRIC_DEFINITIONS, continual_summary, entity_scores, relation_scores
+from .replay import ReplayMemory
+from .state import ContinualState
+from .trainer import ContinualResult, ContinualTrainer, parameter_role
+
+__all__ = [
+    "ContinualTrainer",
+    "ContinualTrainingArguments",
+    "ContinualResult",
+    "ContinualState",
+    "MSPTDataCollator",
+    "ReplayMemory",
+    "STRATEGY_PRESETS",
+    "METRIC_DEFINITIONS",
+    "attention_distillation",
+    "reference_attention_distillation",
+    "modality_scores",
+    "modulation_coefficients",
+    "lwf_loss",
+    "ewc_penalty",
+    "relation_scores",
+    "entity_scores",
+    "continual_summary",
+    "parameter_role",
+]

@@ -1,0 +1,129 @@
+"""ContinualTrainingArguments: TrainingArguments plus the continual-learning switches, and the strategy presets."""
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+# What each `strategy` switches on (SPEC §2). A switch left at None takes the preset's value; a switch set explicitly
+# wins over the preset, so ablations are "a preset minus one switch".
+STRATEGY_PRESETS = {
+    "finetune": dict(gradient_modulation=False, distillation_weight=0.0, memory_per_label=0, ewc_lambda=0.0,
+                     lwf_weight=0.0),
+    "replay": dict(gradient_modulation=False, distillation_weight=0.0, memory_per_label=6, ewc_lambda=0.0,
+                   lwf_weight=0.0),
+    "ewc": dict(gradient_modulation=False, distillation_weight=0.0, memory_per_label=0, ewc_lambda=100.0,
+                lwf_weight=0.0),
+    "lwf": dict(gradient_modulation=False, distillation_weight=0.0, memory_per_label=0, ewc_lambda=0.0,
+                lwf_weight=1.0),
+    "mspt": dict(gradient_modulation=True, distillation_weight=1.0, memory_per_label=6, ewc_lambda=0.0,
+                 lwf_weight=0.0),
+    "joint": dict(gradient_modulation=False, distillation_weight=0.0, memory_per_label=0, ewc_lambda=0.0,
+                  lwf_weight=0.0),
+}  # fmt: skip
+_CHOICES = {
+    "strategy": tuple(STRATEGY_PRESETS),
+    "modulation_schedule": ("paper", "reference"),
+    "distillation_pooling": ("width", "height", "both"),
+    "distillation_impl": ("asymmetric", "pod", "reference"),
+    "replay_mode": ("interleave", "separate_phase"),
+}
+
+
+@dataclass
+class ContinualTrainingArguments(TrainingArguments):
+    strategy: str = field(
+        default="mspt",
+        metadata={"help": "Preset of the switches below: finetune | replay | ewc | lwf | mspt | joint (SPEC §2). "
+                          "`joint` trains once on the union of all tasks (upper bound)."},
+    )  # fmt: skip
+    gradient_modulation: bool | None = field(
+        default=None, metadata={"help": "Balance text/vision learning speed by scaling the dominant stream's "
+                                        "gradients (OGM-GE, analysis §3). Default: from `strategy`."}
+    )  # fmt: skip
+    modulation_alpha: float = field(
+        default=0.1, metadata={"help": "α in k = 1 - tanh(α·ρ) (§3.1): 0.1 for IMRE, 0.3 for IMNER in the paper."}
+    )
+    modulation_schedule: str = field(
+        default="paper",
+        metadata={"help": "`paper`: per-step coefficients in the first task, then the mean coefficient of the previous "
+                          "tasks (§3.2). `reference`: per-step coefficients in every task, as the released code (D5)."},
+    )  # fmt: skip
+    modulation_noise: bool = field(
+        default=False,
+        metadata={"help": "Add OGM-GE Gaussian noise N(0, std(g)^2) to modulated gradients (never to parameters "
+                          "without a gradient, D7). Off by default: under AdamW it becomes random updates (§3.1)."},
+    )  # fmt: skip
+    distillation_weight: float | None = field(
+        default=None, metadata={"help": "γ, weight of attention distillation from the previous task's frozen model "
+                                        "(§4; 1 for IMRE, 0.1 for IMNER). 0 turns it off. Default: from `strategy`."}
+    )  # fmt: skip
+    distillation_pooling: str = field(
+        default="width", metadata={"help": "Pool the pre-softmax maps over keys (`width`), queries (`height`) or both."}
+    )
+    distillation_impl: str = field(
+        default="asymmetric",
+        metadata={"help": "`asymmetric`: ‖ReLU(teacher - student)‖ of the pooled maps, both scaled by the teacher's "
+                          "norm: lost attention costs, added attention is free. `pod`: teacher and student "
+                          "L2-normalised separately (§4.4). `reference`: the released code's loss, whose gradient is "
+                          "zero (D2); for ablations."},
+    )  # fmt: skip
+    memory_per_label: int | None = field(
+        default=None, metadata={"help": "Replay examples kept per label bucket and task (§5; 6 in the paper). "
+                                        "0 turns replay off. Default: from `strategy`."}
+    )  # fmt: skip
+    replay_mode: str = field(
+        default="interleave",
+        metadata={"help": "`interleave`: memory mixed into each new task's training set. `separate_phase`: extra "
+                          "epochs on the memory alone after each task from the second on (the released code, D20)."},
+    )  # fmt: skip
+    replay_epochs: float | None = field(
+        default=None, metadata={"help": "Epochs of the separate replay phase. Default: `num_train_epochs`."}
+    )
+    ewc_lambda: float | None = field(
+        default=None, metadata={"help": "EWC penalty weight (λ/2 Σ F (θ-θ*)^2). 0 turns it off. Default: from `strategy`."}
+    )
+    ewc_fisher_batches: int = field(
+        default=32, metadata={"help": "Training batches used to estimate the diagonal Fisher after each task."}
+    )
+    lwf_weight: float | None = field(
+        default=None, metadata={"help": "Weight of LwF logit distillation from the previous task's model. "
+                                        "0 turns it off. Default: from `strategy`."}
+    )  # fmt: skip
+    lwf_temperature: float = field(default=2.0, metadata={"help": "Softmax temperature of the LwF loss."})
+    mask_unseen_labels: bool = field(
+        default=False, metadata={"help": "Only labels seen so far can be predicted (logits of the others masked)."}
+    )
+    key_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the shared keys. Default: learning_rate / 10 (§7)."}
+    )
+    bias_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the modality attention biases. Default: learning_rate (§7)."}
+    )
+    head_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the classifier and CRF. Default: learning_rate."}
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: the collator turns raw benchmark rows into model inputs."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"`{name}` must be one of {choices}, got {getattr(self, name)!r}.")
+        for name, value in STRATEGY_PRESETS[self.strategy].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        for name in ("modulation_alpha", "distillation_weight", "ewc_lambda", "lwf_weight", "memory_per_label",
+                     "ewc_fisher_batches"):  # fmt: skip
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
+        if self.lwf_temperature <= 0:
+            raise ValueError(f"`lwf_temperature` must be > 0, got {self.lwf_temperature}.")
+        if self.replay_mode == "separate_phase" and self.memory_per_label == 0:
+            raise ValueError("`replay_mode='separate_phase'` needs `memory_per_label` > 0.")
+        self.key_learning_rate = self.learning_rate / 10 if self.key_learning_rate is None else self.key_learning_rate
+        self.bias_learning_rate = self.bias_learning_rate or self.learning_rate
+        self.head_learning_rate = self.head_learning_rate or self.learning_rate
+        if self.replay_epochs is None:
+            self.replay_epochs = self.num_train_epochs

@@ -1,0 +1,104 @@
+"""Pure loss and coefficient functions of the continual trainer, each cited to the analysis (§) and unit-tested on
+hand-computed tensors. Nothing here knows about `Trainer`."""
+
+import torch
+import torch.nn.functional as F
+
+
+# ----------------------------------------------------------------------------------------- gradient modulation (§3)
+def modality_scores(text_logits, vision_logits, labels):
+    """s_m = Σ_i softmax(o^m_i)[y_i] over the batch (§3.1 step 2), vectorised.
+
+    text_logits / vision_logits: [B, C] (RE) or [B, L, C] (NER); labels: [B] or [B, L] with -100 for positions that do
+    not count (NER: only word starts count, D21 fixed). Returns a tensor [2] = (s_text, s_vision), no gradient.
+    """
+    with torch.no_grad():
+        valid = labels != -100
+        index = labels.clamp(min=0).unsqueeze(-1)
+        scores = [
+            (logits.float().softmax(-1).gather(-1, index).squeeze(-1) * valid).sum()
+            for logits in (text_logits, vision_logits)
+        ]
+    return torch.stack(scores)
+
+
+def modulation_coefficients(score_text, score_vision, alpha, eps=1e-12):
+    """OGM-GE coefficients (§3.1 steps 3-4): ρ_v = s_v / s_t; the dominant modality gets k = 1 - tanh(α·ρ), the other 1.
+
+    As in the reference, at exact balance (ρ_v = 1) the text branch fires (D29). Tensors in, tensors out (no host
+    sync): returns (rho_vision, k_text, k_vision).
+    """
+    rho_v = score_vision / score_text.clamp_min(eps)
+    vision_dominates = rho_v > 1
+    one = torch.ones_like(rho_v)
+    k_vision = torch.where(vision_dominates, 1 - torch.tanh(alpha * rho_v), one)
+    k_text = torch.where(vision_dominates, one, 1 - torch.tanh(alpha / rho_v.clamp_min(eps)))
+    return rho_v, k_text, k_vision
+
+
+# ------------------------------------------------------------------------------------ attention distillation (§4)
+def _pool(maps, pooling):
+    """maps [B, H, L, L] (padded entries already 0) -> [B, H·L]: width sums over keys, height over queries (D3)."""
+    return maps.sum(dim=-1 if pooling == "width" else -2).flatten(1)
+
+
+def attention_distillation(student_maps, teacher_maps, pooling="width", normalisation="teacher"):
+    """Asymmetric pooled attention distillation (§4.4, after Pelosin et al. 2022).
+
+    For each interaction layer and sample, pool the pre-softmax map over valid positions, then penalise
+    ‖ReLU(teacher - student)‖₂: attention the teacher had and the student lost costs, attention the student adds is
+    free. Mean over samples, then over layers; `pooling="both"` adds the width and height terms.
+
+    normalisation="teacher" (default): both profiles are divided by the teacher profile's L2 norm, so the loss is
+    scale-invariant and exactly asymmetric (zero whenever student >= teacher elementwise). "separate": teacher and
+    student are L2-normalised separately, as in §4.4 and POD; then attention added elsewhere shrinks the student's
+    normalised old entries and is penalised as if it were lost.
+
+    student_maps / teacher_maps: sequences of [B, H, L, L] tensors, one per layer (one modality). Returns a scalar.
+    """
+    poolings = ("width", "height") if pooling == "both" else (pooling,)
+    per_layer = []
+    for student, teacher in zip(student_maps, teacher_maps, strict=True):
+        for p in poolings:
+            s, t = _pool(student, p), _pool(teacher, p)
+            if normalisation == "teacher":
+                scale = t.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+                s, t = s / scale, t / scale
+            else:
+                s, t = F.normalize(s, dim=-1), F.normalize(t, dim=-1)
+            per_layer.append(F.relu(t - s).norm(dim=-1).mean())
+    return torch.stack(per_layer).sum() / len(student_maps)
+
+
+def reference_attention_distillation(student_maps, teacher_maps, pooling="width"):
+    """The released code's loss (§4.2): D = ReLU(a' - b'), each row of D L2-normalised, Frobenius norm of the whole
+    matrix / 100, mean over layers. Its value is sqrt(#non-zero rows) / 100, so its gradient is zero (D2). Pooling
+    uses our [B, H, L, L] layout over valid positions (D3, D4 fixed); the normalisation is the reference's. Ablation
+    only."""
+    poolings = ("width", "height") if pooling == "both" else (pooling,)
+    per_layer = []
+    for student, teacher in zip(student_maps, teacher_maps, strict=True):
+        for p in poolings:
+            diff = F.relu(_pool(teacher, p) - _pool(student, p))
+            per_layer.append(torch.linalg.matrix_norm(F.normalize(diff, dim=1)) / 100)
+    return torch.stack(per_layer).sum() / len(student_maps)
+
+
+# ------------------------------------------------------------------------------------------------------ baselines
+def lwf_loss(student_logits, teacher_logits, temperature, valid=None):
+    """Learning without Forgetting: T² · KL(softmax(teacher/T) ‖ softmax(student/T)), averaged over the predictions.
+
+    logits [B, C] or [B, L, C]; valid [B] or [B, L] bool selects the predictions that count (e.g. NER word starts).
+    """
+    log_p = F.log_softmax(student_logits / temperature, dim=-1)
+    q = F.softmax(teacher_logits / temperature, dim=-1)
+    kl = (q * (torch.log(q.clamp_min(1e-12)) - log_p)).sum(-1)
+    if valid is not None:
+        kl = kl[valid]
+    return kl.mean() * temperature**2
+
+
+def ewc_penalty(params, anchors, fisher):
+    """Elastic weight consolidation: ½ Σ_i F_i (θ_i - θ*_i)² over matching lists of tensors."""
+    total = sum((f * (p - a).pow(2)).sum() for p, a, f in zip(params, anchors, fisher, strict=True))
+    return 0.5 * total
