@@ -10,7 +10,7 @@ import datasets
 import pyarrow.compute as pc
 
 from . import common, imner, imre, synthetic
-from .common import fingerprint, parse_split_name, source_hash
+from .common import BenchmarkFormatError, fingerprint, parse_split_name, source_hash
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,12 @@ def load_benchmark(
     files, folders = probe.source_files()
     key = fingerprint(files, folders, extra=source_hash(common, sys.modules[builder_cls.__module__]))
     builder = builder_cls(config_name=config_name, data_dir=data_dir, cache_dir=cache_dir, hash=key, **config_kwargs)
-    builder.download_and_prepare()
+    try:
+        builder.download_and_prepare()
+    except datasets.exceptions.DatasetGenerationError as err:
+        if isinstance(err.__cause__, BenchmarkFormatError):  # show the file:line error, not the wrapper
+            raise err.__cause__ from None
+        raise
     splits = builder.as_dataset()
 
     by_task: dict[int, dict[str, datasets.Dataset]] = {}

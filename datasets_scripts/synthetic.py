@@ -71,8 +71,8 @@ class SyntheticConfig(datasets.BuilderConfig):
     image_size: int = 32
     missing_image_rate: float = 0.0
 
-    def __post_init__(self):
-        super().__post_init__()
+    def validate(self):
+        """Range checks (``datasets`` sets overriding kwargs after ``__post_init__``, so the builder calls this)."""
         cues = len(VERBS if self.name == "re" else TITLES)
         if not 1 <= self.num_tasks <= cues // 2:
             raise ValueError(f"num_tasks={self.num_tasks}: use 1..{cues // 2} (two text cues per task)")
@@ -218,6 +218,7 @@ class Synthetic(datasets.GeneratorBasedBuilder):
                 for cue, shape, j in task_grid(k, c.labels_per_task, c.name) if j is not None]
 
     def _info(self) -> datasets.DatasetInfo:
+        self.config.validate()
         if self.config.name == "re":
             return datasets.DatasetInfo(description=__doc__, features=re_features(["None"] + self._labels()))
         return datasets.DatasetInfo(description=__doc__, features=ner_features(bio_labels(self._labels())))
