@@ -96,8 +96,8 @@ def load_benchmark(
         if not os.path.isdir(data_dir):
             raise FileNotFoundError(f"data_dir {data_dir} does not exist")
     # first pass: what the data is made of; second: the builder whose cache key includes it
-    probe = builder_cls(config_name=config_name, data_dir=data_dir, cache_dir=cache_dir, **config_kwargs)
-    files, folders = probe.source_files()
+    scout = builder_cls(config_name=config_name, data_dir=data_dir, cache_dir=cache_dir, **config_kwargs)
+    files, folders = scout.source_files()
     key = fingerprint(files, folders, extra=source_hash(common, sys.modules[builder_cls.__module__]))
     builder = builder_cls(config_name=config_name, data_dir=data_dir, cache_dir=cache_dir, hash=key, **config_kwargs)
     try:
@@ -112,8 +112,7 @@ def load_benchmark(
     for split, dataset in splits.items():
         kind, task_id = parse_split_name(split)
         by_task.setdefault(task_id, {})[kind] = dataset
-    if sorted(by_task) != list(range(len(by_task))):
-        raise RuntimeError(f"{name}/{config_name}: tasks {sorted(by_task)} are not numbered 0..T-1")
+    assert sorted(by_task) == list(range(len(by_task))), f"tasks {sorted(by_task)} are not numbered 0..T-1"
 
     label_names = _label_names(builder)
     tasks, seen = [], set()

@@ -62,22 +62,20 @@ def task_files(folder: str, pattern: str, splits: dict[str, str]) -> list[dict[s
     """
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"benchmark folder {folder} does not exist; check data_dir")
+    prefix, suffix = pattern.format(split=splits["train"], k="\0").split("\0")
+    found = {
+        int(name[len(prefix): len(name) - len(suffix)]) for name in os.listdir(folder)
+        if name.startswith(prefix) and name.endswith(suffix) and name[len(prefix): len(name) - len(suffix)].isdigit()
+    }
+    if not found:
+        raise FileNotFoundError(f"no task files in {folder} (expected {pattern.format(split=splits['train'], k=0)}, ...)")
     tasks = []
-    while True:
-        paths = {s: os.path.join(folder, pattern.format(split=splits[s], k=len(tasks))) for s in SPLITS}
-        present = [os.path.isfile(p) for p in paths.values()]
-        if not any(present):
-            break
-        if not all(present):
-            missing = [p for p, ok in zip(paths.values(), present) if not ok]
-            raise FileNotFoundError(f"task {len(tasks)} is incomplete in {folder}: missing {', '.join(missing)}")
+    for k in range(max(found) + 1):
+        paths = {s: os.path.join(folder, pattern.format(split=splits[s], k=k)) for s in SPLITS}
+        missing = [p for p in paths.values() if not os.path.isfile(p)]
+        if missing:
+            raise FileNotFoundError(f"task {k} is incomplete in {folder}: missing {', '.join(missing)}")
         tasks.append(paths)
-    if not tasks:
-        first = pattern.format(split=splits["train"], k=0)
-        raise FileNotFoundError(f"no task files in {folder} (expected {first}, ...)")
-    stray = os.path.join(folder, pattern.format(split=splits["train"], k=len(tasks) + 1))
-    if os.path.exists(stray):
-        raise FileNotFoundError(f"task {len(tasks)} is missing in {folder} but {stray} exists")
     return tasks
 
 

@@ -6,6 +6,7 @@ extractors under one linear head (the fusion MSPT's head uses). The target is th
 relation (RE) or the entity type of the sentence's first entity, ``O`` when it has none (NER).
 """
 
+import datasets
 import numpy as np
 import torch
 from torch import nn
@@ -63,12 +64,10 @@ def _accuracy(model: nn.Module, bow: torch.Tensor, pixels: torch.Tensor, y: torc
 
 
 def probe_modalities(
-    benchmark: ContinualBenchmark, *, epochs: int = 15, batch_size: int = 64, lr: float = 3e-3,
+    benchmark: ContinualBenchmark, *, epochs: int = 20, batch_size: int = 64, lr: float = 3e-3,
     image_size: int = 32, seed: int = 0,
 ) -> dict[str, float]:
     """Test accuracy of a text-only, an image-only and a text+image probe: ``{"text", "image", "both"}``."""
-    import datasets
-
     train = datasets.concatenate_datasets([task.train for task in benchmark.tasks])
     test = benchmark.tasks[-1].test
     words = sorted({t.lower() for tokens in train["tokens"][:] for t in tokens})

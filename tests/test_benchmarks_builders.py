@@ -131,6 +131,9 @@ def test_imner_other_is_misc_and_missing_folders_are_clear(tmp_path):
     files = {k: v for k, v in TWO_TASKS.items() if k != "sep5/ours_val_1.txt"}
     with pytest.raises(FileNotFoundError, match=r"task 1 is incomplete .*ours_val_1\.txt"):
         load_benchmark("imre", "sep5", data_dir=make_imre(tmp_path / "b", files), cache_dir=tmp_path / "c")
+    gap = {k.replace("_1.txt", "_2.txt"): v for k, v in TWO_TASKS.items()}  # tasks 0 and 2, no 1
+    with pytest.raises(FileNotFoundError, match=r"task 1 is incomplete .*ours_train_1\.txt"):
+        load_benchmark("imre", "sep5", data_dir=make_imre(tmp_path / "g", gap), cache_dir=tmp_path / "c")
     with pytest.raises(ValueError, match="unknown benchmark 'mnre'"):
         load_benchmark("mnre")
 

@@ -92,7 +92,7 @@ def test_text_alone_and_image_alone_stay_well_below_both(cache, flavour):
     leave room for probe noise (a 0.05 band is ~2 standard errors at n=400) and still fail if one
     modality were enough."""
     b = load_benchmark("synthetic", flavour, cache_dir=cache)
-    acc = probe_modalities(b, epochs=20)
+    acc = probe_modalities(b)
     assert acc["text"] < 0.6 and acc["image"] < 0.5, acc
     assert acc["both"] > 0.85, acc
     assert acc["both"] - max(acc["text"], acc["image"]) > 0.3, acc
