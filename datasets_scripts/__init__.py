@@ -1,0 +1,16 @@
+"""Benchmarks as ``datasets`` builders and the continual task stream over them.
+
+``load_benchmark("imre", "sep10", data_dir=...)``, ``load_benchmark("imner", "plom", data_dir=...)``,
+``load_benchmark("synthetic", "re")``.
+"""
+
+from .benchmark import BUILDERS, ContinualBenchmark, ContinualTask, load_benchmark
+from .common import BenchmarkFormatError
+from .imner import IMNER, IMNERConfig
+from .imre import IMRE, IMREConfig
+from .synthetic import Synthetic, SyntheticConfig
+
+__all__ = [
+    "BUILDERS", "BenchmarkFormatError", "ContinualBenchmark", "ContinualTask", "IMNER", "IMNERConfig",
+    "IMRE", "IMREConfig", "Synthetic", "SyntheticConfig", "load_benchmark",
+]

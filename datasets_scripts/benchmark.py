@@ -1,0 +1,166 @@
+"""``load_benchmark``: the public door. Builds (or reuses from the cache) a benchmark's builder and
+returns its task stream as a ``ContinualBenchmark``."""
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+import datasets
+import pyarrow.compute as pc
+
+from . import common, imner, imre, synthetic
+from .common import BenchmarkFormatError, fingerprint, parse_split_name, source_hash
+
+logger = logging.getLogger(__name__)
+
+BUILDERS: dict[str, type[datasets.GeneratorBasedBuilder]] = {
+    "imre": imre.IMRE,
+    "imner": imner.IMNER,
+    "synthetic": synthetic.Synthetic,
+}
+
+
+@dataclass
+class ContinualTask:
+    """One step of the stream: its own train/validation data and the cumulative test set."""
+
+    task_id: int
+    train: datasets.Dataset
+    validation: datasets.Dataset
+    test: datasets.Dataset
+    new_labels: list[str]
+
+
+@dataclass
+class ContinualBenchmark:
+    """A continual task sequence over one label space.
+
+    ``label_names`` is the full label space (``None``/``O`` at id 0); ``tasks[k].new_labels`` are the
+    labels task k introduces; ``fingerprint`` hashes the builder code and source files (for results).
+    """
+
+    name: str
+    config_name: str
+    task_type: str  # "re" or "ner"
+    label_names: list[str]
+    tasks: list[ContinualTask]
+    missing_images: int = 0
+    fingerprint: str = ""
+    missing_image_paths: list[str] = field(default_factory=list, repr=False)
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.tasks)
+
+    def seen_labels(self, task_id: int) -> list[str]:
+        """Labels introduced by tasks ``0..task_id``, in label-id order."""
+        seen = {label for task in self.tasks[: task_id + 1] for label in task.new_labels}
+        return [name for name in self.label_names if name in seen]
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{len(t.train)}/{len(t.validation)}/{len(t.test)}" for t in self.tasks)
+        return (f"ContinualBenchmark({self.name}/{self.config_name}, {self.task_type}, {len(self.label_names)} labels, "
+                f"{self.num_tasks} tasks train/validation/test: {sizes}, missing_images={self.missing_images})")
+
+
+def load_benchmark(
+    name: str,
+    config_name: str | None = None,
+    data_dir: str | None = None,
+    cache_dir: str | None = None,
+    *,
+    require_images: bool = False,
+    **config_kwargs,
+) -> ContinualBenchmark:
+    """Build a benchmark and return its task stream.
+
+    Args:
+        name: ``"imre"`` (configs ``sep5``/``sep7``/``sep10``), ``"imner"`` (``plom``/``polm``) or
+            ``"synthetic"`` (``re``/``ner``; no files needed).
+        config_name: the builder config; its default when omitted.
+        data_dir: the benchmark's folder (see ``imre``/``imner``); not used by ``synthetic``.
+        cache_dir: the ``datasets`` cache root; a second call with the same arguments reuses it.
+            The cache key holds the data dir, the config, the builder code and the source files' content.
+        require_images: raise if any image file is missing, instead of counting them and warning once
+            (a missing image is ``image=None``: zero pixels and ``image_mask=0`` downstream).
+        config_kwargs: builder config fields, e.g. ``seed=1, num_tasks=3`` for ``synthetic`` or
+            ``embed_images=True`` to copy image bytes into the cache.
+    """
+    if name not in BUILDERS:
+        raise ValueError(f"unknown benchmark {name!r}; choose one of {sorted(BUILDERS)}")
+    builder_cls = BUILDERS[name]
+    config_name = config_name or builder_cls.DEFAULT_CONFIG_NAME
+    if data_dir is not None:
+        data_dir = os.path.abspath(os.path.expanduser(str(data_dir)))
+        if not os.path.isdir(data_dir):
+            raise FileNotFoundError(f"data_dir {data_dir} does not exist")
+    # first pass: what the data is made of; second: the builder whose cache key includes it
+    scout = builder_cls(config_name=config_name, data_dir=data_dir, cache_dir=cache_dir, **config_kwargs)
+    files, folders = scout.source_files()
+    key = fingerprint(files, folders, extra=source_hash(common, sys.modules[builder_cls.__module__]))
+    builder = builder_cls(config_name=config_name, data_dir=data_dir, cache_dir=cache_dir, hash=key, **config_kwargs)
+    try:
+        builder.download_and_prepare()
+    except datasets.exceptions.DatasetGenerationError as err:
+        if isinstance(err.__cause__, BenchmarkFormatError):  # show the file:line error, not the wrapper
+            raise err.__cause__ from None
+        raise
+    splits = builder.as_dataset()
+
+    by_task: dict[int, dict[str, datasets.Dataset]] = {}
+    for split, dataset in splits.items():
+        kind, task_id = parse_split_name(split)
+        by_task.setdefault(task_id, {})[kind] = dataset
+    assert sorted(by_task) == list(range(len(by_task))), f"tasks {sorted(by_task)} are not numbered 0..T-1"
+
+    label_names = _label_names(builder)
+    tasks, seen = [], set()
+    for task_id in range(len(by_task)):
+        parts = by_task[task_id]
+        new = [label for label in _train_labels(parts["train"], builder.task_type, label_names) if label not in seen]
+        seen.update(new)
+        tasks.append(ContinualTask(task_id, parts["train"], parts["validation"], parts["test"], new))
+
+    missing = sorted(_missing_images(builder, splits))
+    benchmark = ContinualBenchmark(name, config_name, builder.task_type, label_names, tasks,
+                                   len(missing), key, missing)
+    if missing and require_images:
+        raise FileNotFoundError(
+            f"{len(missing)} images of {name}/{config_name} are missing (require_images=True); first: "
+            + ", ".join(missing[:5])
+        )
+    if missing:
+        logger.warning(
+            "%d images of %s/%s are missing (first: %s); they are fed as zero images with image_mask=0. "
+            "Pass require_images=True to make this an error.", len(missing), name, config_name, missing[0]
+        )
+    return benchmark
+
+
+def _label_names(builder) -> list[str]:
+    feature = builder.info.features["relation" if builder.task_type == "re" else "ner_tags"]
+    return list(getattr(feature, "feature", feature).names)
+
+
+def _train_labels(dataset: datasets.Dataset, task_type: str, label_names: list[str]) -> list[str]:
+    """Labels present in a train split, in label-id order. NER: both tags of each entity type present."""
+    column = dataset.data.column("relation" if task_type == "re" else "ner_tags")
+    if task_type == "ner":
+        column = pc.list_flatten(column)
+    present = {label_names[i] for i in pc.unique(column).to_pylist()}
+    if task_type == "ner":
+        types = {label[2:] for label in present if label != "O"}
+        present |= {label for label in label_names if label[2:] in types}
+    return [label for label in label_names if label in present]
+
+
+def _missing_images(builder, splits: datasets.DatasetDict) -> set[str]:
+    """Paths of the images that are absent (``image`` is null), read from Arrow without decoding."""
+    missing = set()
+    for split, dataset in splits.items():
+        nulls = dataset.data.column("image").is_null()
+        kind, _ = parse_split_name(split)
+        for image_id in pc.filter(dataset.data.column("image_id"), nulls).to_pylist():
+            missing.add(builder.image_path(kind, image_id))
+    return missing

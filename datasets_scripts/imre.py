@@ -1,0 +1,222 @@
+"""IMRE: continual multimodal relation extraction over the MNRE layout (MEGA / MKGformer release).
+
+``data_dir`` is the folder that holds::
+
+    txt/sepN/ours_{train,val,test}_{k}.txt   task k's files, one Python-literal dict a line
+    txt/ours_{train,val,test}.txt            optional: full splits (global line index, for the crops)
+    ours_rel2id.json                         optional: label ids ({"None": 0, "/per/per/parent": 1, ...})
+    img_org/{train,val,test}/<img_id>        optional: images (a missing one becomes image=None)
+    img_vg/{train,val,test}/crops/<i>_*.png  optional: object crops of the line with global index i
+
+Train/val files hold the task's new relations plus ``None``; test files are cumulative. Every
+example's ``task_id`` is its file's task; in test files it is the first test file holding the line,
+i.e. the task that introduced it (the per-task test slices). See reference analysis §9.1.
+"""
+
+import ast
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+
+import datasets
+
+from .common import BenchmarkFormatError, image_value, read_lines, re_features, split_name, task_files
+
+logger = logging.getLogger(__name__)
+
+FILE_SPLITS = {"train": "train", "validation": "val", "test": "test"}
+NO_RELATION = "None"
+_RELATION_RE = re.compile(r"""['"]relation['"]\s*:\s*(['"])(.*?)\1""")
+
+
+@dataclass
+class IMREConfig(datasets.BuilderConfig):
+    """IMRE task sequence.
+
+    Args:
+        split_dir (`str`, *optional*): folder under ``txt/`` with the task files; the config name
+            (``sep5``, ``sep7``, ``sep10``) by default.
+        label_names (`list[str]`, *optional*): the full label space, ``"None"`` first. By default read
+            from ``ours_rel2id.json`` when present, otherwise derived from the files: ``"None"``, then
+            the relations in order of first appearance (train, val, test of task 0, then task 1, ...).
+        image_dir (`str`, *optional*): folder with ``{train,val,test}/`` images; ``data_dir/img_org``.
+        crops_dir (`str`, *optional*): folder with ``{train,val,test}/crops/``; ``data_dir/img_vg``.
+        embed_images (`bool`): store image bytes in the cache instead of paths to ``image_dir``.
+    """
+
+    split_dir: str | None = None
+    label_names: list[str] | None = None
+    image_dir: str | None = None
+    crops_dir: str | None = None
+    embed_images: bool = False
+
+
+def parse_line(path: str, number: int, line: str, labels: set[str]) -> dict:
+    """One MNRE line -> example dict (without image and task columns). Errors name ``path:number``."""
+    try:
+        record = ast.literal_eval(line)  # a literal, never executed
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError) as err:
+        raise BenchmarkFormatError(path, number, f"malformed line, not a Python-literal dict (truncated file?): {err}") from None
+    if not isinstance(record, dict):
+        raise BenchmarkFormatError(path, number, f"malformed line: expected a dict, got {type(record).__name__}")
+    missing = {"token", "h", "t", "img_id", "relation"} - record.keys()
+    if missing:
+        raise BenchmarkFormatError(path, number, f"malformed line: missing key(s) {sorted(missing)}")
+    tokens = record["token"]
+    if not isinstance(tokens, list) or not tokens or not all(isinstance(w, str) for w in tokens):
+        raise BenchmarkFormatError(path, number, "malformed line: 'token' must be a non-empty list of strings")
+    example = {"tokens": tokens}
+    for key, role in (("h", "head"), ("t", "tail")):
+        entity = record[key]
+        pos = entity.get("pos") if isinstance(entity, dict) else None
+        if not (isinstance(pos, (list, tuple)) and len(pos) == 2 and all(isinstance(p, int) for p in pos)):
+            raise BenchmarkFormatError(path, number, f"malformed line: {key!r} needs 'name' and 'pos': [start, end]")
+        start, end = pos
+        if not 0 <= start < end <= len(tokens):
+            raise BenchmarkFormatError(
+                path, number, f"{role} entity span [{start}, {end}) is outside the sentence of {len(tokens)} words"
+            )
+        example.update({f"{role}_name": str(entity.get("name", " ".join(tokens[start:end]))),
+                        f"{role}_start": start, f"{role}_end": end})
+    relation = record["relation"]
+    if relation not in labels:
+        raise BenchmarkFormatError(path, number, f"unknown relation {relation!r}; the label space has {len(labels)} labels")
+    if not isinstance(record["img_id"], str) or not record["img_id"]:
+        raise BenchmarkFormatError(path, number, "malformed line: 'img_id' must be a non-empty string")
+    example.update(relation=relation, image_id=record["img_id"])
+    return example
+
+
+class IMRE(datasets.GeneratorBasedBuilder):
+    """MNRE relation extraction as a continual task stream (``sep5``, ``sep7``, ``sep10``)."""
+
+    BUILDER_CONFIG_CLASS = IMREConfig
+    BUILDER_CONFIGS = [
+        IMREConfig(name=name, version=datasets.Version("1.0.0"), description=f"MNRE split into {name[3:]} tasks")
+        for name in ("sep5", "sep7", "sep10")
+    ]
+    DEFAULT_CONFIG_NAME = "sep10"
+    task_type = "re"
+
+    # -- where things are ---------------------------------------------------------------------
+    @property
+    def data_root(self) -> str:
+        if not self.config.data_dir:
+            raise ValueError(
+                "imre needs data_dir: the MNRE folder that holds txt/sepN/ours_{train,val,test}_{k}.txt "
+                "(and img_org/ with the images), e.g. load_benchmark('imre', 'sep10', data_dir='.../MRE/data')"
+            )
+        return self.config.data_dir
+
+    @property
+    def image_root(self) -> str:
+        return self.config.image_dir or os.path.join(self.data_root, "img_org")
+
+    def image_path(self, split: str, image_id: str) -> str:
+        return os.path.join(self.image_root, FILE_SPLITS[split], image_id)
+
+    def source_files(self) -> tuple[list[str], list[str]]:
+        """Files whose content, and folders whose listing, decide the prepared data (cache key)."""
+        txt = os.path.join(self.data_root, "txt")
+        folder = os.path.join(txt, self.config.split_dir or self.config.name)
+        files = [os.path.join(folder, f) for f in os.listdir(folder)] if os.path.isdir(folder) else []
+        files += [p for p in (self._rel2id_path(), *(self._full_file(s) for s in FILE_SPLITS)) if os.path.isfile(p)]
+        return files, [self.image_root, self._crops_root()]
+
+    def _task_files(self) -> list[dict[str, str]]:
+        folder = os.path.join(self.data_root, "txt", self.config.split_dir or self.config.name)
+        return task_files(folder, "ours_{split}_{k}.txt", FILE_SPLITS)
+
+    def _rel2id_path(self) -> str:
+        return os.path.join(self.data_root, "ours_rel2id.json")
+
+    def _full_file(self, split: str) -> str:
+        return os.path.join(self.data_root, "txt", f"ours_{FILE_SPLITS[split]}.txt")
+
+    def _crops_root(self) -> str:
+        return self.config.crops_dir or os.path.join(self.data_root, "img_vg")
+
+    # -- label space --------------------------------------------------------------------------
+    def _label_names(self) -> list[str]:
+        if self.config.label_names:
+            names = list(self.config.label_names)
+        elif os.path.isfile(path := self._rel2id_path()):
+            with open(path, encoding="utf-8") as f:
+                rel2id = json.load(f)
+            if sorted(rel2id.values()) != list(range(len(rel2id))):
+                raise BenchmarkFormatError(path, None, "ids must be 0..N-1, each used once")
+            names = sorted(rel2id, key=rel2id.get)
+        else:
+            names = [NO_RELATION]
+            for files in self._task_files():
+                for split in ("train", "validation", "test"):
+                    for _, line in read_lines(files[split]):
+                        match = _RELATION_RE.search(line)
+                        if match and match.group(2) not in names:
+                            names.append(match.group(2))
+        if NO_RELATION in names and names.index(NO_RELATION) != 0:
+            raise ValueError(
+                f"the no-relation label {NO_RELATION!r} has id {names.index(NO_RELATION)}; the package expects "
+                "id 0: renumber ours_rel2id.json or pass label_names with 'None' first"
+            )
+        return names
+
+    def _info(self) -> datasets.DatasetInfo:
+        return datasets.DatasetInfo(description=__doc__, features=re_features(self._label_names()))
+
+    # -- generation ---------------------------------------------------------------------------
+    def _split_generators(self, dl_manager):
+        tasks = self._task_files()
+        # first test file holding each line: the task that introduced the example
+        self._first_test_task = {}
+        for task_id, files in enumerate(tasks):
+            for _, line in read_lines(files["test"]):
+                if line.strip():
+                    self._first_test_task.setdefault(line.strip(), task_id)
+        return [
+            datasets.SplitGenerator(name=split_name(split, task_id),
+                                    gen_kwargs={"path": files[split], "split": split, "task_id": task_id})
+            for task_id, files in enumerate(tasks) for split in ("train", "validation", "test")
+        ]
+
+    def _crops(self, split: str) -> dict[str, list[str]]:
+        """Crops of each example keyed by its line in the full split file (fixes D10: the crops
+        are numbered by global line index, not by the index in the task file)."""
+        folder = os.path.join(self._crops_root(), FILE_SPLITS[split], "crops")
+        full = self._full_file(split)
+        if not os.path.isdir(folder):
+            return {}
+        if not os.path.isfile(full):
+            logger.warning("crops in %s are ignored: they are keyed by line of %s, which is missing", folder, full)
+            return {}
+        by_index: dict[int, list[str]] = {}
+        for name in os.listdir(folder):
+            prefix = name.split("_", 1)[0]
+            if prefix.isdigit():
+                by_index.setdefault(int(prefix), []).append(os.path.join(folder, name))
+        return {
+            line.strip(): sorted(by_index[number - 1], key=_natural_key)
+            for number, line in read_lines(full) if line.strip() and number - 1 in by_index
+        }
+
+    def _generate_examples(self, path: str, split: str, task_id: int):
+        labels = set(self.info.features["relation"].names)
+        crops = self._crops(split)
+        embed = self.config.embed_images
+        for number, line in read_lines(path):
+            if not line.strip():
+                continue
+            example = parse_line(path, number, line, labels)
+            key = line.strip()
+            image = self.image_path(split, example["image_id"])
+            example["image"] = image_value(image, embed)
+            example["aux_images"] = [image_value(p, embed) for p in crops.get(key, [])]
+            example["task_id"] = self._first_test_task.get(key, task_id) if split == "test" else task_id
+            yield number, example
+
+
+def _natural_key(path: str) -> list:
+    """``x_2.png`` before ``x_10.png``."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", os.path.basename(path))]
