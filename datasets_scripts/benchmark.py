@@ -58,6 +58,15 @@ class ContinualBenchmark:
         seen = {label for task in self.tasks[: task_id + 1] for label in task.new_labels}
         return [name for name in self.label_names if name in seen]
 
+    def vocabulary(self) -> list[str]:
+        """Every word of every split, lower-cased and sorted: the vocabulary of a word-level tokenizer for the tiny
+        demo models (`MSPTProcessor.from_word_vocabulary`)."""
+        words = set()
+        for task in self.tasks:
+            for split in (task.train, task.validation, task.test):
+                words.update(w.lower() for sentence in split["tokens"][:] for w in sentence)
+        return sorted(words)
+
     def __repr__(self) -> str:
         sizes = ", ".join(f"{len(t.train)}/{len(t.validation)}/{len(t.test)}" for t in self.tasks)
         return (f"ContinualBenchmark({self.name}/{self.config_name}, {self.task_type}, {len(self.label_names)} labels, "

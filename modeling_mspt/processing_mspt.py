@@ -11,7 +11,14 @@ import os
 
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, AutoTokenizer, BatchFeature, ProcessorMixin
+from transformers import (
+    AutoImageProcessor,
+    AutoTokenizer,
+    BatchFeature,
+    BertTokenizer,
+    CLIPImageProcessorPil,
+    ProcessorMixin,
+)
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
@@ -55,6 +62,17 @@ class MSPTProcessor(ProcessorMixin):
         """Tokenizer from the text checkpoint, image processor from the vision checkpoint."""
         tokenizer = AutoTokenizer.from_pretrained(text_model_name_or_path)
         image_processor = AutoImageProcessor.from_pretrained(vision_model_name_or_path)
+        return cls(image_processor=image_processor, tokenizer=tokenizer, **kwargs)
+
+    @classmethod
+    def from_word_vocabulary(cls, words, image_size=32, **kwargs):
+        """A processor for a small model trained from scratch: one WordPiece entry per (lower-cased) word, plus the
+        BERT special tokens, and a CLIP image processor at `image_size` pixels."""
+        vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        vocab += sorted({w.lower() for w in words} - set(vocab))
+        tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(vocab)})
+        crop = {"height": image_size, "width": image_size}
+        image_processor = CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size=crop)
         return cls(image_processor=image_processor, tokenizer=tokenizer, **kwargs)
 
     def marker_ids(self):

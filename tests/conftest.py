@@ -69,3 +69,34 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.fail(f"The real split files are expected at {SHARED_DATA} (a copy of shared/ beside the repository).")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def synthetic_benchmarks(tmp_path_factory):
+    """Small synthetic RE and NER streams of 3 tasks (built once per session)."""
+    from datasets_scripts import load_benchmark
+
+    cache = tmp_path_factory.mktemp("synthetic-cache")
+    sizes = dict(num_tasks=3, train_per_task=48, validation_per_task=8, test_per_task=24)
+    return {kind: load_benchmark("synthetic", kind, cache_dir=str(cache), **sizes) for kind in ("re", "ner")}
+
+
+def tiny_setup(benchmark, max_length=24, seed=0, **config_kwargs):
+    """A tiny MSPT model and a word-level processor for a benchmark."""
+    from modeling_mspt import MSPTForRelationExtraction, MSPTForTokenClassification, MSPTProcessor
+
+    processor = MSPTProcessor.from_word_vocabulary(benchmark.vocabulary(), image_size=32, max_length=max_length)
+    config = make_config(dict(enumerate(benchmark.label_names)), text={"vocab_size": len(processor.tokenizer)},
+                         max_text_length=max_length, **config_kwargs)  # fmt: skip
+    torch.manual_seed(seed)
+    model_class = MSPTForRelationExtraction if benchmark.task_type == "re" else MSPTForTokenClassification
+    return model_class(config), processor
+
+
+def tiny_args(output_dir, strategy="mspt", **kwargs):
+    from continual_trainer import ContinualTrainingArguments
+
+    defaults = dict(num_train_epochs=1, per_device_train_batch_size=16, per_device_eval_batch_size=32,
+                    learning_rate=3e-3, logging_steps=2, save_strategy="no", report_to="none", use_cpu=True,
+                    seed=0, disable_tqdm=True, ewc_fisher_batches=2)  # fmt: skip
+    return ContinualTrainingArguments(output_dir=str(output_dir), strategy=strategy, **{**defaults, **kwargs})
