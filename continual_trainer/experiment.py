@@ -1,0 +1,162 @@
+"""What the example scripts share: their argument dataclasses, and benchmark -> processor/model -> outputs.
+
+`examples/run_imre.py` and `examples/run_imner.py` stay short and read top to bottom; the work is here.
+"""
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+from datasets_scripts import load_benchmark
+from modeling_mspt import MSPTConfig, MSPTForRelationExtraction, MSPTForTokenClassification, MSPTProcessor
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelArguments:
+    text_model: str | None = field(
+        default=None, metadata={"help": "BERT checkpoint (Hub id or local dir) for the text stream, e.g. "
+                                        "bert-base-uncased. Without text_model and vision_model a tiny model is "
+                                        "trained from scratch (the offline demo)."}
+    )  # fmt: skip
+    vision_model: str | None = field(
+        default=None, metadata={"help": "CLIP or CLIP-vision checkpoint, e.g. openai/clip-vit-base-patch32."}
+    )
+    num_interaction_layers: int = field(default=3, metadata={"help": "Last layers sharing the key (§2.3)."})
+    shared_key_mode: str = field(default="bank", metadata={"help": "bank (fixes D1) | reference (D1, ablation)."})
+    max_text_length: int | None = field(default=None, metadata={"help": "Sub-token length; 80 RE, 128 NER."})
+    re_pooling: str = field(default="cls", metadata={"help": "RE features: cls (paper) | entity."})
+    tiny_hidden_size: int = field(default=64, metadata={"help": "Tiny model: hidden size of both streams."})
+    tiny_num_layers: int = field(default=4, metadata={"help": "Tiny model: layers per stream."})
+    tiny_num_heads: int = field(default=4, metadata={"help": "Tiny model: attention heads."})
+    tiny_image_size: int = field(default=32, metadata={"help": "Tiny model: image side in pixels (patch 8)."})
+
+
+@dataclass
+class DataArguments:
+    benchmark: str = field(default="synthetic", metadata={"help": "synthetic | imre | imner."})
+    benchmark_config: str | None = field(
+        default=None, metadata={"help": "imre: sep5|sep7|sep10; imner: plom|polm; synthetic: re|ner."}
+    )
+    data_dir: str | None = field(
+        default=None, metadata={"help": "imre: the folder holding txt/ (and img_org/); imner: the twitter2017 folder."}
+    )
+    dataset_cache_dir: str | None = field(default=None, metadata={"help": "datasets cache for the built benchmark."})
+    require_images: bool = field(default=False, metadata={"help": "Fail instead of using zero images when missing."})
+    synthetic_num_tasks: int = field(default=4, metadata={"help": "synthetic: tasks."})
+    synthetic_train_per_task: int = field(default=300, metadata={"help": "synthetic: training examples per task."})
+    synthetic_test_per_task: int = field(default=100, metadata={"help": "synthetic: test examples per task."})
+
+
+def load_data(data: DataArguments, task_type: str, seed: int):
+    kwargs = {}
+    if data.benchmark == "synthetic":
+        kwargs = dict(num_tasks=data.synthetic_num_tasks, train_per_task=data.synthetic_train_per_task,
+                      test_per_task=data.synthetic_test_per_task, validation_per_task=max(8, data.synthetic_test_per_task // 4),
+                      seed=seed)  # fmt: skip
+    benchmark = load_benchmark(data.benchmark, data.benchmark_config, data_dir=data.data_dir,
+                               cache_dir=data.dataset_cache_dir, require_images=data.require_images, **kwargs)  # fmt: skip
+    if benchmark.task_type != task_type:
+        raise ValueError(
+            f"--benchmark {data.benchmark} --benchmark_config {benchmark.config_name} is a {benchmark.task_type!r} "
+            f"benchmark; this script trains {task_type!r} (use run_imre.py for 're', run_imner.py for 'ner')."
+        )
+    logger.info("Benchmark: %s", benchmark)
+    return benchmark
+
+
+def build_model(args: ModelArguments, benchmark, max_text_length: int):
+    """Pretrained towers when both are given, else a tiny model with a word-level tokenizer (offline demo)."""
+    model_class = MSPTForRelationExtraction if benchmark.task_type == "re" else MSPTForTokenClassification
+    id2label = dict(enumerate(benchmark.label_names))
+    common = dict(num_interaction_layers=args.num_interaction_layers, shared_key_mode=args.shared_key_mode,
+                  max_text_length=max_text_length, re_pooling=args.re_pooling, id2label=id2label)  # fmt: skip
+    if (args.text_model is None) != (args.vision_model is None):
+        raise ValueError("Give both --text_model and --vision_model (pretrained towers) or neither (tiny demo model).")
+    if args.text_model is not None:
+        processor = MSPTProcessor.from_text_vision_pretrained(args.text_model, args.vision_model,
+                                                              max_length=max_text_length)  # fmt: skip
+        model = model_class.from_text_vision_pretrained(args.text_model, args.vision_model,
+                                                        vocab_size=len(processor.tokenizer), **common)  # fmt: skip
+        return model, processor
+    processor = MSPTProcessor.from_word_vocabulary(benchmark.vocabulary(), image_size=args.tiny_image_size,
+                                                   max_length=max_text_length)  # fmt: skip
+    h, n = args.tiny_hidden_size, args.tiny_num_layers
+    stream = dict(hidden_size=h, num_hidden_layers=n, num_attention_heads=args.tiny_num_heads, intermediate_size=4 * h)
+    config = MSPTConfig(
+        text_config=dict(stream, vocab_size=len(processor.tokenizer), max_position_embeddings=max(512, max_text_length)),
+        vision_config=dict(stream, image_size=args.tiny_image_size, patch_size=8),
+        **common,
+    )
+    return model_class(config), processor
+
+
+def finish_run(trainer, result, benchmark, model_args, data_args, push_to_hub=False):
+    """Final model and processor at the output_dir root, results.json, plots, model card, optional Hub push."""
+    from .reporting import plot_accuracy_matrix, plot_modality_balance, push_run_to_hub, write_model_card, write_results
+
+    args = trainer.args
+    out = args.output_dir
+    if trainer.is_world_process_zero():
+        trainer.model.save_pretrained(out)
+        trainer.processing_class.save_pretrained(out)
+        arguments = {"model": vars(model_args), "data": vars(data_args), "training": args.to_dict()}
+        results = write_results(out, result, arguments, benchmark, args.seed)
+        plot_accuracy_matrix(result.matrix, os.path.join(out, "accuracy_matrix.png"),
+                             title=f"{benchmark.name}/{benchmark.config_name}, {args.strategy}")  # fmt: skip
+        plot_modality_balance(result.modulation, os.path.join(out, "modality_balance.png"))
+        bases = [m for m in (model_args.text_model, model_args.vision_model) if m]
+        write_model_card(out, results, model_name=os.path.basename(os.path.abspath(out)), task_type=benchmark.task_type,
+                         base_models=bases or None)  # fmt: skip
+        if push_to_hub:
+            push_run_to_hub(out, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo)
+    trainer.accelerator.wait_for_everyone()
+
+
+def format_matrix(matrix) -> str:
+    rows = [" ".join(f"{v:6.3f}" for v in row) for row in matrix]
+    return "\n".join(f"after task {i + 1}: {row}" for i, row in enumerate(rows))
+
+
+def parse_arguments(defaults: dict):
+    """(ModelArguments, DataArguments, ContinualTrainingArguments) from the command line, or from a single .json /
+    .yaml file; `defaults` are the script's own defaults, overridden by anything given."""
+    import json
+    import sys
+
+    import yaml
+    from transformers import HfArgumentParser
+
+    from .arguments import ContinualTrainingArguments
+
+    parser = HfArgumentParser((ModelArguments, DataArguments, ContinualTrainingArguments))
+    argv = sys.argv[1:]
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        with open(argv[0], encoding="utf-8") as f:
+            given = json.load(f) if argv[0].endswith(".json") else yaml.safe_load(f)
+        if not isinstance(given, dict):
+            raise ValueError(f"{argv[0]} must hold a mapping of argument names to values.")
+        return parser.parse_dict({**defaults, **given})
+    return parser.parse_args_into_dataclasses(args=[f"--{k}={v}" for k, v in defaults.items()] + argv)
+
+
+def setup_logging(training_args):
+    import sys
+
+    import datasets
+    import transformers
+
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S",
+                        handlers=[logging.StreamHandler(sys.stdout)])  # fmt: skip
+    level = training_args.get_process_log_level()  # transformers' own verbosity ("passive": warnings)
+    ours = logging.INFO if training_args.should_log else logging.WARNING  # progress of the run, main process only
+    for name in ("__main__", "continual_trainer", "datasets_scripts", "modeling_mspt"):
+        logging.getLogger(name).setLevel(ours)
+    datasets.utils.logging.set_verbosity(level)
+    transformers.utils.logging.set_verbosity(level)
+
+
+def wants_resume(training_args) -> bool:
+    value = training_args.resume_from_checkpoint
+    return value not in (None, False, "", "false", "False", "0")
