@@ -321,7 +321,7 @@ def _card_body(results, model_name, task_type, metric, dataset) -> str:
         cells.append(_fmt(cumulative[i]) if i < len(cumulative) else "")
         lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
     lines += ["", "| summary | value |", "|---|---|"]
-    lines += [f"| {_SUMMARY_NAMES.get(k, k)} (`{k}`) | {_fmt(summary.get(k))} |" for k in SUMMARY_METRICS if k in summary]
+    lines += [f"| {_SUMMARY_NAMES[k]} (`{k}`) | {_fmt(summary[k])} |" for k in SUMMARY_METRICS if k in summary]
     lines += ["", "### Metric definitions", ""]
     lines += [f"- **{name}**: {text}" for name, text in definitions.items()]
     lines += ["", "## Training data", "", f"- Benchmark `{dataset}`, data checksum `{data.get('checksum')}`."]

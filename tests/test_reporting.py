@@ -3,6 +3,7 @@
 import json
 import os
 import socket
+import sys
 
 import datasets
 import numpy as np
@@ -11,6 +12,8 @@ from PIL import Image
 
 from conftest import make_config
 from continual_trainer.reporting import (
+    ACCURACY_PLOT_NAME,
+    BALANCE_PLOT_NAME,
     plot_accuracy_matrix,
     plot_modality_balance,
     push_run_to_hub,
@@ -34,7 +37,8 @@ def modulation_entry(steps, start, fixed=None):
     k_vision = [1 - np.tanh(0.5 * r) for r in rho]
     applied = fixed or (k_text, k_vision)
     return {"rho_vision": rho, "k_text": k_text, "k_vision": k_vision, "k_text_applied": list(applied[0]),
-            "k_vision_applied": list(applied[1]), "k_text_mean": 1.0, "k_vision_mean": float(np.mean(k_vision))}  # fmt: skip
+            "k_vision_applied": list(applied[1]), "k_text_mean": 1.0,
+            "k_vision_mean": float(np.mean(k_vision))}  # fmt: skip
 
 
 @pytest.fixture
@@ -51,8 +55,8 @@ def benchmark():
     def split(n, task):
         return datasets.Dataset.from_dict({"relation": [task] * n})
 
-    tasks = [ContinualTask(k, split(5 + k, k), split(2, k), split(3 * (k + 1), k), [LABELS[k + 1]] + ["None"] * (k == 0))
-             for k in range(3)]  # fmt: skip
+    new_labels = [["/per/per/peer", "None"], ["/per/org/member_of"], ["/loc/loc/contain"]]
+    tasks = [ContinualTask(k, split(5 + k, k), split(2, k), split(3 * (k + 1), k), new_labels[k]) for k in range(3)]
     return ContinualBenchmark("synthetic", "re", "re", LABELS, tasks, fingerprint="f00dcafe")
 
 
@@ -119,6 +123,12 @@ def test_plots_are_valid_images(tmp_path, result):
         plot_modality_balance([{"rho_vision": [1.0, 2.0], "k_text": [1.0]}], str(tmp_path / "bad.png"))
 
 
+def test_plots_without_matplotlib_name_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import fails as if matplotlib were absent
+    with pytest.raises(ImportError, match=r"mspt\[plots\]"):
+        plot_accuracy_matrix(MATRIX, str(tmp_path / "matrix.png"))
+
+
 @pytest.mark.parametrize("task_type,auto_class", [("re", "AutoModelForSequenceClassification"),
                                                   ("ner", "AutoModelForTokenClassification")])  # fmt: skip
 def test_model_card_yaml_and_model_index(tmp_path, results, task_type, auto_class):
@@ -150,15 +160,18 @@ def hub(monkeypatch, tmp_path):
     import huggingface_hub.constants as constants
 
     real_getaddrinfo, real_connect = socket.getaddrinfo, socket.socket.connect
+    attempts = []  # recorded as well as refused: huggingface_hub swallows errors of its best-effort telemetry
 
     def getaddrinfo(host, *args, **kwargs):
         if host not in ("127.0.0.1", "localhost"):
-            raise AssertionError(f"test tried to resolve {host}")
+            attempts.append(host)
+            raise OSError(f"test tried to resolve {host}")
         return real_getaddrinfo(host, *args, **kwargs)
 
     def connect(sock, address):
         if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] != "127.0.0.1":
-            raise AssertionError(f"test tried to connect to {address}")
+            attempts.append(address)
+            raise OSError(f"test tried to connect to {address}")
         return real_connect(sock, address)
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
@@ -172,6 +185,7 @@ def hub(monkeypatch, tmp_path):
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "agent_harnesses.json"))
         yield server
+    assert attempts == [], f"network access outside 127.0.0.1: {attempts}"
 
 
 @pytest.fixture
@@ -190,8 +204,8 @@ def run_dir(tmp_path, result, benchmark, tiny_processor):
     tiny_processor.save_pretrained(root)
     results = write_results(str(root), result, {"strategy": "mspt"}, benchmark, seed=7)
     write_model_card(str(root), results, "tester/mspt-run", "re")
-    plot_accuracy_matrix(result.matrix, str(root / "accuracy_matrix.png"))
-    plot_modality_balance(result.modulation, str(root / "modality_balance.png"))
+    plot_accuracy_matrix(result.matrix, str(root / ACCURACY_PLOT_NAME))
+    plot_modality_balance(result.modulation, str(root / BALANCE_PLOT_NAME))
     # not for the Hub: a mid-task HF checkpoint, a half-written file, a folder beside the tasks
     (root / "task-01" / "checkpoint-3").mkdir()
     (root / "task-01" / "checkpoint-3" / "trainer_state.json").write_text("{}")
@@ -209,7 +223,7 @@ def test_push_run_uploads_root_and_task_subfolders(hub, run_dir):
         expected |= {f"{task}/{n}" for n in os.listdir(run_dir / task) if (run_dir / task / n).is_file()}
     expected -= {"task-01/continual_state.json.tmp"}
     assert {"README.md", "results.json", "config.json", "model.safetensors", "continual_run.json",
-            "accuracy_matrix.png", "task-00/model.safetensors", "task-01/continual_state.json",
+            "accuracy_matrix.png", "modality_balance.png", "task-00/model.safetensors", "task-01/continual_state.json",
             "task-01/modeling_mspt.py", "task-00/tokenizer.json"} <= expected  # fmt: skip
     assert set(run_files(str(run_dir))) == expected
 
