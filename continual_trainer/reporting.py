@@ -272,16 +272,30 @@ def write_model_card(output_dir: str, results: dict, model_name: str, task_type:
         model_name=model_name,
         eval_results=eval_results or None,
     )
-    text = f"---\n{card_data.to_yaml()}\n---\n\n{_card_body(results, model_name, task_type, metric, dataset)}"
-    card = ModelCard(text)  # parses the front matter: raises on invalid YAML or metadata
+    body = _card_body(results, model_name, task_type, metric, dataset, _saved_task_dirs(output_dir))
+    card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")  # parses the front matter: raises if invalid
+    os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, CARD_NAME)
     card.save(path)
     logger.info("Wrote %s", path)
     return path
 
 
-def _card_body(results, model_name, task_type, metric, dataset) -> str:
+def _saved_task_dirs(output_dir: str) -> list[str]:
+    """The `task-XX` folders of `output_dir` that hold a saved model, sorted."""
+    if not os.path.isdir(output_dir):
+        return []
+    names = [d for d in os.listdir(output_dir) if TASK_DIR_PATTERN.fullmatch(d)]
+    return sorted(d for d in names if os.path.isfile(os.path.join(output_dir, d, "config.json")))
+
+
+def _card_body(results, model_name, task_type, metric, dataset, task_dirs) -> str:
     auto_class, task_name, label_kind, _, _ = _HEADS[task_type]
+    checkpoints = "The repository root holds the final model."
+    if task_dirs:
+        folders = ", ".join(f"`{d}/` (after task {int(d[5:]) + 1})" for d in task_dirs)
+        checkpoints += (f" The model after each task is kept in a subfolder of the same repository: {folders}. "
+                        f'Pass `subfolder="{task_dirs[0]}"` to both calls to load one.')  # fmt: skip
     data, matrix, summary = results["data"], results["accuracy_matrix"], results["summary"]
     T = len(matrix)
     strategy = results.get("arguments", {}).get("strategy")
@@ -304,8 +318,7 @@ def _card_body(results, model_name, task_type, metric, dataset) -> str:
         f'processor = AutoProcessor.from_pretrained("{model_name}", trust_remote_code=True)',
         "```",
         "",
-        "The repository root holds the final model. The model after each task is kept in a subfolder, `task-00/` "
-        f'(after task 1) to `task-{T - 1:02d}/` (after task {T}): pass `subfolder="task-00"` to both calls.',
+        checkpoints,
         "",
         "## Continual results",
         "",

@@ -134,6 +134,9 @@ def test_plots_without_matplotlib_name_the_extra(tmp_path, monkeypatch):
 def test_model_card_yaml_and_model_index(tmp_path, results, task_type, auto_class):
     from huggingface_hub import ModelCard
 
+    for k in range(3):  # the per-task checkpoints the card points to
+        (tmp_path / f"task-{k:02d}").mkdir()
+        (tmp_path / f"task-{k:02d}" / "config.json").write_text("{}")
     path = write_model_card(str(tmp_path), results, "tester/mspt-synthetic", task_type,
                             base_models=["bert-base-uncased", "openai/clip-vit-base-patch32"])  # fmt: skip
     card = ModelCard.load(path)
@@ -150,7 +153,8 @@ def test_model_card_yaml_and_model_index(tmp_path, results, task_type, auto_clas
     assert 'AutoProcessor.from_pretrained("tester/mspt-synthetic", trust_remote_code=True)' in text
     assert "| 2 | 0.7000 | 0.8000 |  | 0.7400 |" in text  # a matrix row: empty above the diagonal, then cumulative
     assert "| Backward transfer (`bwt`) | -0.2250 |" in text
-    assert "task-02/" in text and "f00dcafe" in text
+    assert "`task-00/` (after task 1), `task-01/` (after task 2), `task-02/` (after task 3)" in text
+    assert 'subfolder="task-00"' in text and "f00dcafe" in text
 
 
 # ------------------------------------------------------------------------------------------------------- push
