@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mspt-installed
 
-.PHONY: install test
+.PHONY: install test demo
 
 $(STAMP): setup.py constraints.txt
 	python3 -m venv $(VENV)
@@ -18,3 +18,8 @@ install: $(STAMP)
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
+
+# The main job on the embedded default: MSPT trained continually on the synthetic benchmark with a tiny model (CPU).
+demo: $(STAMP)
+	OMP_NUM_THREADS=1 $(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no \
+		--dynamo_backend no examples/run_imre.py

@@ -12,6 +12,14 @@ from .losses import (
 )
 from .metrics import METRIC_DEFINITIONS, continual_summary, entity_scores, relation_scores
 from .replay import ReplayMemory
+from .reporting import (
+    plot_accuracy_matrix,
+    plot_modality_balance,
+    push_run_to_hub,
+    run_files,
+    write_model_card,
+    write_results,
+)
 from .state import ContinualState
 from .trainer import ContinualResult, ContinualTrainer, parameter_role
 
@@ -34,4 +42,10 @@ __all__ = [
     "entity_scores",
     "continual_summary",
     "parameter_role",
+    "write_results",
+    "plot_accuracy_matrix",
+    "plot_modality_balance",
+    "write_model_card",
+    "push_run_to_hub",
+    "run_files",
 ]

@@ -1,6 +1,9 @@
 """ContinualTrainingArguments: TrainingArguments plus the continual-learning switches, and the strategy presets."""
 
+import os
 from dataclasses import dataclass, field
+
+import torch
 
 from transformers import TrainingArguments
 
@@ -107,6 +110,10 @@ class ContinualTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+            # Several processes and no GPU (`accelerate launch --multi_gpu` / torchrun on CPUs): without use_cpu the
+            # process group is created but the Trainer does not run DDP (gloo); with it, it does.
+            self.use_cpu = True
         super().__post_init__()
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:

@@ -28,9 +28,10 @@ class ModelArguments:
     max_text_length: int | None = field(default=None, metadata={"help": "Sub-token length; 80 RE, 128 NER."})
     re_pooling: str = field(default="cls", metadata={"help": "RE features: cls (paper) | entity."})
     tiny_hidden_size: int = field(default=64, metadata={"help": "Tiny model: hidden size of both streams."})
-    tiny_num_layers: int = field(default=4, metadata={"help": "Tiny model: layers per stream."})
+    tiny_num_layers: int = field(default=2, metadata={"help": "Tiny model: layers per stream."})
     tiny_num_heads: int = field(default=4, metadata={"help": "Tiny model: attention heads."})
-    tiny_image_size: int = field(default=32, metadata={"help": "Tiny model: image side in pixels (patch 8)."})
+    tiny_image_size: int = field(default=32, metadata={"help": "Tiny model: image side in pixels."})
+    tiny_patch_size: int = field(default=8, metadata={"help": "Tiny model: vision patch size in pixels."})
 
 
 @dataclass
@@ -83,10 +84,13 @@ def build_model(args: ModelArguments, benchmark, max_text_length: int):
     processor = MSPTProcessor.from_word_vocabulary(benchmark.vocabulary(), image_size=args.tiny_image_size,
                                                    max_length=max_text_length)  # fmt: skip
     h, n = args.tiny_hidden_size, args.tiny_num_layers
+    if common["num_interaction_layers"] > n:
+        logger.info("The tiny model has %d layers per stream: %d interaction layers.", n, n)
+        common["num_interaction_layers"] = n
     stream = dict(hidden_size=h, num_hidden_layers=n, num_attention_heads=args.tiny_num_heads, intermediate_size=4 * h)
     config = MSPTConfig(
         text_config=dict(stream, vocab_size=len(processor.tokenizer), max_position_embeddings=max(512, max_text_length)),
-        vision_config=dict(stream, image_size=args.tiny_image_size, patch_size=8),
+        vision_config=dict(stream, image_size=args.tiny_image_size, patch_size=args.tiny_patch_size),
         **common,
     )
     return model_class(config), processor
@@ -101,7 +105,8 @@ def finish_run(trainer, result, benchmark, model_args, data_args, push_to_hub=Fa
     if trainer.is_world_process_zero():
         trainer.model.save_pretrained(out)
         trainer.processing_class.save_pretrained(out)
-        arguments = {"model": vars(model_args), "data": vars(data_args), "training": args.to_dict()}
+        arguments = {"model": vars(model_args), "data": vars(data_args), "training": args.to_dict(),
+                     "world_size": trainer.accelerator.num_processes}  # fmt: skip
         results = write_results(out, result, arguments, benchmark, args.seed)
         plot_accuracy_matrix(result.matrix, os.path.join(out, "accuracy_matrix.png"),
                              title=f"{benchmark.name}/{benchmark.config_name}, {args.strategy}")  # fmt: skip

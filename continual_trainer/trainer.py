@@ -366,8 +366,12 @@ class ContinualTrainer(Trainer):
         self._ewc = ([p.detach().clone() for p in params], fisher)
 
     # ------------------------------------------------------------------------------------------- evaluation
-    def evaluate_task(self, k: int) -> dict:
-        """Evaluate the current model on task k's cumulative test set and on each task slice j <= k."""
+    def evaluate_task(self, k: int, benchmark=None) -> dict:
+        """Evaluate the current model on task k's cumulative test set and on each task slice j <= k (of `benchmark`,
+        default the one being trained)."""
+        if benchmark is not None:
+            self.benchmark = benchmark
+            self._eval_collator = MSPTDataCollator(self.processing_class, benchmark.task_type, with_task_ids=True)
         bench = self.benchmark
         test = bench.tasks[k].test
         predictions, golds, task_ids = self._predict(test)

@@ -33,10 +33,10 @@ DEFAULTS = {
     "strategy": "mspt",
     "modulation_alpha": 0.3,  # IMNER settings of the paper (analysis §7)
     "distillation_weight": 0.1,
-    "num_train_epochs": 6,
+    "num_train_epochs": 20,
     "per_device_train_batch_size": 16,
     "per_device_eval_batch_size": 64,
-    "learning_rate": 2e-3,
+    "learning_rate": 3e-3,
     "warmup_steps": 0.1,
     "logging_steps": 25,
     "save_strategy": "epoch",
