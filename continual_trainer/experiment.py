@@ -25,7 +25,7 @@ class ModelArguments:
     )
     num_interaction_layers: int = field(default=3, metadata={"help": "Last layers sharing the key (§2.3)."})
     shared_key_mode: str = field(default="bank", metadata={"help": "bank (fixes D1) | reference (D1, ablation)."})
-    max_text_length: int | None = field(default=None, metadata={"help": "Sub-token length; 80 RE, 128 NER."})
+    max_text_length: int = field(default=80, metadata={"help": "Sub-token length: 80 for IMRE, 128 for IMNER."})
     re_pooling: str = field(default="cls", metadata={"help": "RE features: cls (paper) | entity."})
     tiny_hidden_size: int = field(default=64, metadata={"help": "Tiny model: hidden size of both streams."})
     tiny_num_layers: int = field(default=2, metadata={"help": "Tiny model: layers per stream."})
@@ -117,6 +117,48 @@ def finish_run(trainer, result, benchmark, model_args, data_args, push_to_hub=Fa
         if push_to_hub:
             push_run_to_hub(out, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo)
     trainer.accelerator.wait_for_everyone()
+
+
+# Training defaults of the offline demo (tiny model from scratch on the synthetic benchmark, ~1.5 min on 2 CPUs).
+DEMO_DEFAULTS = {
+    "benchmark": "synthetic",
+    "strategy": "mspt",
+    "num_train_epochs": 20,
+    "per_device_train_batch_size": 16,
+    "per_device_eval_batch_size": 64,
+    "learning_rate": 3e-3,
+    "warmup_steps": 0.1,
+    "logging_steps": 25,
+    "save_strategy": "epoch",
+    "save_total_limit": 1,
+    "ddp_find_unused_parameters": False,
+    "report_to": "none",
+    "seed": 0,
+}
+METRIC_NAMES = {"re": "micro-F1 without None", "ner": "seqeval entity F1"}
+
+
+def run(task_type: str, defaults: dict):
+    """The example scripts' main: arguments -> benchmark -> processor/model -> ContinualTrainer.train_tasks ->
+    logged matrix -> outputs (finish_run)."""
+    from transformers import set_seed
+
+    from .trainer import ContinualTrainer
+
+    model_args, data_args, training_args = parse_arguments(defaults)
+    setup_logging(training_args)
+    set_seed(training_args.seed)
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # one push at the end, finish_run
+
+    benchmark = load_data(data_args, task_type, training_args.seed)
+    model, processor = build_model(model_args, benchmark, model_args.max_text_length)
+    trainer = ContinualTrainer(model=model, args=training_args, processing_class=processor)
+    result = trainer.train_tasks(benchmark, resume_from_checkpoint=wants_resume(training_args))
+
+    logger.info("Accuracy matrix (%s, task slices):\n%s", METRIC_NAMES[task_type], format_matrix(result.matrix))
+    logger.info("Summary: %s", {k: round(v, 4) for k, v in result.summary.items()})
+    finish_run(trainer, result, benchmark, model_args, data_args, push_to_hub=push_to_hub)
+    return result
 
 
 def format_matrix(matrix) -> str:

@@ -5,62 +5,26 @@
     accelerate launch examples/run_imner.py examples/configs/imner_plom_paper.json   # the paper setting
 
 Arguments: ModelArguments and DataArguments (continual_trainer/experiment.py) and ContinualTrainingArguments
-(continual_trainer/arguments.py), on the command line or in one .json/.yaml file. Writes to --output_dir: the final
-model and processor, task-XX/ checkpoints, results.json, accuracy_matrix.png, modality_balance.png and a model card.
+(continual_trainer/arguments.py), on the command line or in one .json/.yaml file; `--help` lists them. The run:
+benchmark -> processor/model -> ContinualTrainer.train_tasks -> outputs (`continual_trainer.experiment.run`).
+Writes to --output_dir: the final model and processor, task-XX/ checkpoints, results.json, accuracy_matrix.png,
+modality_balance.png and a model card.
 """
 
-import logging
-
-from transformers import set_seed
-
-from continual_trainer import ContinualTrainer
-from continual_trainer.experiment import (
-    build_model,
-    finish_run,
-    format_matrix,
-    load_data,
-    parse_arguments,
-    setup_logging,
-    wants_resume,
-)
-
-logger = logging.getLogger(__name__)
+from continual_trainer.experiment import DEMO_DEFAULTS, run
 
 DEFAULTS = {
+    **DEMO_DEFAULTS,
     "output_dir": "outputs/imner",
-    "benchmark": "synthetic",
     "benchmark_config": "ner",
-    "strategy": "mspt",
+    "max_text_length": 128,
     "modulation_alpha": 0.3,  # IMNER settings of the paper (analysis §7)
     "distillation_weight": 0.1,
-    "num_train_epochs": 20,
-    "per_device_train_batch_size": 16,
-    "per_device_eval_batch_size": 64,
-    "learning_rate": 3e-3,
-    "warmup_steps": 0.1,
-    "logging_steps": 25,
-    "save_strategy": "epoch",
-    "save_total_limit": 1,
-    "ddp_find_unused_parameters": False,
-    "report_to": "none",
-    "seed": 0,
 }
 
 
 def main():
-    model_args, data_args, training_args = parse_arguments(DEFAULTS)
-    setup_logging(training_args)
-    set_seed(training_args.seed)
-    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # one push at the end, finish_run
-
-    benchmark = load_data(data_args, "ner", training_args.seed)
-    model, processor = build_model(model_args, benchmark, model_args.max_text_length or 128)
-    trainer = ContinualTrainer(model=model, args=training_args, processing_class=processor)
-    result = trainer.train_tasks(benchmark, resume_from_checkpoint=wants_resume(training_args))
-
-    logger.info("Accuracy matrix (seqeval entity F1, task slices):\n%s", format_matrix(result.matrix))
-    logger.info("Summary: %s", {k: round(v, 4) for k, v in result.summary.items()})
-    finish_run(trainer, result, benchmark, model_args, data_args, push_to_hub=push_to_hub)
+    run("ner", DEFAULTS)
 
 
 if __name__ == "__main__":
