@@ -199,6 +199,7 @@ class ContinualTrainer(Trainer):
         self.data_collator = MSPTDataCollator(self.processing_class, benchmark.task_type)
         self._eval_collator = MSPTDataCollator(self.processing_class, benchmark.task_type, with_task_ids=True)
         self.root_dir = root = args.output_dir
+        self.task_epochs = args.num_train_epochs  # _fit changes args.num_train_epochs for the replay phase
         identity = describe_benchmark(benchmark)
         resume_mid_task = False
         if resume_from_checkpoint:
@@ -216,7 +217,7 @@ class ContinualTrainer(Trainer):
                     self._train_task(task, state, resume_mid_task)
                     resume_mid_task = False
         finally:
-            args.output_dir = root
+            args.output_dir, args.num_train_epochs = root, self.task_epochs
         summary = continual_summary(state.matrix, state.cumulative)
         return ContinualResult(state.matrix, state.cumulative, summary, state.task_metrics, state.modulation)
 
@@ -231,7 +232,7 @@ class ContinualTrainer(Trainer):
         if args.memory_per_label and args.replay_mode == "interleave" and len(self.memory):
             train_set = concatenate_datasets([task.train, self._memory_dataset()])
         self._phase = "task"
-        self._fit(train_set, out_dir, args.num_train_epochs, resume_mid_task)
+        self._fit(train_set, out_dir, self.task_epochs, resume_mid_task)
         if args.memory_per_label:
             self.memory.add_task(k, self._buckets(task.train))
         if args.memory_per_label and args.replay_mode == "separate_phase" and k > 0:
@@ -248,7 +249,7 @@ class ContinualTrainer(Trainer):
         last = len(tasks) - 1
         self._set_label_mask(last)
         self._fit(concatenate_datasets([t.train for t in tasks]), task_dir(self.root_dir, last),
-                  self.args.num_train_epochs, resume_mid_task)  # fmt: skip
+                  self.task_epochs, resume_mid_task)  # fmt: skip
         for k in range(len(tasks)):
             self._finish_task(state, k, tasks[: k + 1], save=k == last)
 
@@ -300,7 +301,7 @@ class ContinualTrainer(Trainer):
         """Paper schedule (§3.2): from task 2 on, the mean of the previous tasks' mean coefficients."""
         self._fixed_coefficients = None
         if self.args.gradient_modulation and self.args.modulation_schedule == "paper" and k > 0:
-            means = [(h["k_text_mean"], h["k_vision_mean"]) for h in state.modulation if h.get("k_text_mean")]
+            means = [(h["k_text_mean"], h["k_vision_mean"]) for h in state.modulation if "k_text_mean" in h]
             if means:
                 k_text, k_vision = np.mean(means, axis=0)
                 device = self.args.device

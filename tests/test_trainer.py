@@ -196,3 +196,22 @@ def test_resume_refuses_other_benchmarks_corrupt_state_and_empty_dirs(synthetic_
     with pytest.raises(ValueError, match=r"task-02/continual_state.json is unreadable or corrupt"):
         trainer.train_tasks(bench_re, resume_from_checkpoint=True)
     assert bench_ner.task_type == "ner"
+
+
+class RecordEpochs(TrainerCallback):
+    def __init__(self):
+        self.calls = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.calls.append((args.output_dir.rsplit("/", 2)[-2:], args.num_train_epochs))
+
+
+def test_separate_replay_phase_runs_after_each_task_from_the_second(synthetic_benchmarks, tmp_path):
+    recorder = RecordEpochs()
+    trainer, result = run(synthetic_benchmarks["re"], tmp_path, "replay", callbacks=[recorder],
+                          replay_mode="separate_phase", replay_epochs=2)  # fmt: skip
+    epochs = [e for _, e in recorder.calls]
+    places = [p[-1] if p[-1] == "replay" else p[-1][:4] for p, _ in recorder.calls]
+    assert places == ["task", "task", "replay", "task", "replay"] and epochs == [1, 1, 2, 1, 2]
+    assert trainer.args.num_train_epochs == 1 and trainer.args.output_dir == str(tmp_path / "replay")
+    assert [len(r) for r in result.matrix] == [1, 2, 3]
