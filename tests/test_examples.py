@@ -97,9 +97,10 @@ def test_cli_resume_continues_an_interrupted_run(runs):
 
 @pytest.mark.slow
 def test_two_process_launch_writes_one_coherent_result(tmp_path):
-    launcher = ("accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29541")  # fmt: skip
-    launcher = (shutil.which("accelerate") or launcher[0], *launcher[1:])
+    accelerate = Path(sys.executable).parent / "accelerate"  # the venv's, whether or not it is on PATH
+    launcher = (str(accelerate) if accelerate.exists() else "accelerate", "launch", "--multi_gpu", "--num_processes",
+                "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", "29541")  # fmt: skip
     run_example("run_imre.py", tmp_path / "out", tmp_path / "cache", launcher=launcher)
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["arguments"]["world_size"] == 2
