@@ -172,8 +172,7 @@ class MSPTAttention(nn.Module):
             out = torch.matmul(probs, v)
         else:
             scores = None
-            bias = attention_bias.expand(batch, self.num_heads, length, length) if attention_bias is not None else None
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=self.scale)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_bias, dropout_p=dropout, scale=self.scale)
         out = out.transpose(1, 2).reshape(batch, length, -1)
         return self.out_proj(out), scores
 
