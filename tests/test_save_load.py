@@ -19,7 +19,7 @@ from transformers import (
 from conftest import NER_LABELS, make_config
 from modeling_mspt import MSPTForRelationExtraction, MSPTForTokenClassification, MSPTModel, MSPTProcessor
 
-REMOTE_FILES = {"configuration_mspt.py", "modeling_mspt.py", "crf_mspt.py", "loading_mspt.py"}
+REMOTE_FILES = {"configuration_mspt.py", "modeling_mspt.py", "layers_mspt.py", "crf_mspt.py", "loading_mspt.py"}
 
 
 def _save(tmp_path, processor):

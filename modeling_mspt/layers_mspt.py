@@ -1,0 +1,210 @@
+"""The building blocks of the two MSPT streams: embeddings, attention, layers, and the encoder whose last layers share
+a key between the text and vision streams (analysis §2.1-§2.3)."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.activations import ACT2FN
+
+from .configuration_mspt import MSPTConfig
+
+
+# -------------------------------------------------------------------------------------------------------- embeddings
+class MSPTTextEmbeddings(nn.Module):
+    """BERT embeddings: word + absolute position + token type, LayerNorm, dropout."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids, token_type_ids):
+        positions = self.position_embeddings.weight[: input_ids.shape[1]]  # [L, D]
+        hidden_states = self.word_embeddings(input_ids) + positions + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.layer_norm(hidden_states))
+
+
+class MSPTVisionEmbeddings(nn.Module):
+    """CLIP embeddings of the whole image (CLS + patches, fixing D11) followed by optional object-crop patches with
+    their own learned positions (the reference's aux crops, §2.1), then CLIP's pre-LayerNorm."""
+
+    def __init__(self, config: MSPTConfig):
+        super().__init__()
+        v = config.vision_config
+        self.patch_size = v.patch_size
+        self.class_embedding = nn.Parameter(torch.empty(v.hidden_size))
+        self.patch_embedding = nn.Conv2d(v.num_channels, v.hidden_size, v.patch_size, stride=v.patch_size, bias=False)
+        self.position_embedding = nn.Embedding((v.image_size // v.patch_size) ** 2 + 1, v.hidden_size)
+        num_aux_tokens = config.num_aux_images * (config.aux_image_size // v.patch_size) ** 2
+        self.aux_position_embedding = nn.Embedding(num_aux_tokens, v.hidden_size) if num_aux_tokens else None
+        self.pre_layernorm = nn.LayerNorm(v.hidden_size, eps=v.layer_norm_eps)
+
+    def _patches(self, pixel_values):
+        return self.patch_embedding(pixel_values).flatten(2).transpose(1, 2)  # [N, patches, D]
+
+    def forward(self, pixel_values, aux_pixel_values=None):
+        batch = pixel_values.shape[0]
+        cls = self.class_embedding.expand(batch, 1, -1)
+        hidden_states = torch.cat([cls, self._patches(pixel_values)], dim=1) + self.position_embedding.weight
+        if self.aux_position_embedding is not None:
+            crops = self._patches(aux_pixel_values.flatten(0, 1))  # [B * num_aux, p, D]
+            crops = crops.reshape(batch, -1, crops.shape[-1]) + self.aux_position_embedding.weight
+            hidden_states = torch.cat([hidden_states, crops], dim=1)
+        return self.pre_layernorm(hidden_states)
+
+
+# ----------------------------------------------------------------------------------------------------------- layers
+class MSPTAttention(nn.Module):
+    """Multi-head self-attention. In an interaction layer there is no `k_proj`: the key comes from the shared bank."""
+
+    def __init__(self, hidden_size, num_heads, dropout, interaction: bool):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, hidden_size // num_heads
+        self.scale = self.head_dim**-0.5
+        self.dropout = dropout
+        self.q_proj = nn.Linear(hidden_size, hidden_size)
+        self.k_proj = None if interaction else nn.Linear(hidden_size, hidden_size)
+        self.v_proj = nn.Linear(hidden_size, hidden_size)
+        self.out_proj = nn.Linear(hidden_size, hidden_size)
+
+    def _heads(self, x):
+        return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, L, d]
+
+    def forward(self, hidden_states, attention_bias, shared_key=None, return_scores=False):
+        """hidden_states [B, L, D]; attention_bias additive, broadcastable to [B, H, L, L] (padding mask, plus the
+        modality bias in interaction layers); shared_key [H, L, d] -> ([B, L, D], pre-softmax scores or None)."""
+        batch, length, _ = hidden_states.shape
+        q = self._heads(self.q_proj(hidden_states))
+        if shared_key is None:
+            k = self._heads(self.k_proj(hidden_states))
+        else:
+            k = shared_key.unsqueeze(0).expand(batch, -1, -1, -1)
+        v = self._heads(self.v_proj(hidden_states))
+        dropout = self.dropout if self.training else 0.0
+        if return_scores:
+            scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale + attention_bias  # [B, H, L, L]
+            probs = F.dropout(scores.softmax(dim=-1), p=dropout, training=self.training)
+            out = torch.matmul(probs, v)
+        else:
+            scores = None
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_bias, dropout_p=dropout, scale=self.scale)
+        out = out.transpose(1, 2).reshape(batch, length, -1)
+        return self.out_proj(out), scores
+
+
+class MSPTMLP(nn.Module):
+    def __init__(self, hidden_size, intermediate_size, act):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden_size, intermediate_size)
+        self.act = ACT2FN[act]
+        self.fc2 = nn.Linear(intermediate_size, hidden_size)
+
+    def forward(self, hidden_states):
+        return self.fc2(self.act(self.fc1(hidden_states)))
+
+
+class MSPTLayer(nn.Module):
+    """A transformer layer: post-LayerNorm for the BERT stream, pre-LayerNorm for the CLIP stream."""
+
+    def __init__(self, stream_config, interaction: bool, pre_norm: bool):
+        super().__init__()
+        c = stream_config
+        attn_dropout = getattr(c, "attention_probs_dropout_prob", getattr(c, "attention_dropout", 0.0))
+        self.pre_norm = pre_norm
+        self.attention = MSPTAttention(c.hidden_size, c.num_attention_heads, attn_dropout, interaction)
+        self.layer_norm1 = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.mlp = MSPTMLP(c.hidden_size, c.intermediate_size, c.hidden_act)
+        self.layer_norm2 = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.dropout = nn.Dropout(getattr(c, "hidden_dropout_prob", 0.0))
+
+    def forward(self, hidden_states, attention_bias, shared_key=None, return_scores=False):
+        if self.pre_norm:
+            attn, scores = self.attention(self.layer_norm1(hidden_states), attention_bias, shared_key, return_scores)
+            hidden_states = hidden_states + attn
+            hidden_states = hidden_states + self.mlp(self.layer_norm2(hidden_states))
+        else:
+            attn, scores = self.attention(hidden_states, attention_bias, shared_key, return_scores)
+            hidden_states = self.layer_norm1(hidden_states + self.dropout(attn))
+            hidden_states = self.layer_norm2(hidden_states + self.dropout(self.mlp(hidden_states)))
+        return hidden_states, scores
+
+
+class MSPTInteractionParameters(nn.Module):
+    """One interaction layer's learnable key, shared by both streams, and its two modality attention biases.
+
+    "bank" mode: one key row per position `[heads, max(Lt, Lv), head_dim]`, sliced to each stream's length, so the
+    attention depends on the input and the key learns (fixes D1). "reference" mode: the released code's
+    `[heads, 1, head_dim]` vector broadcast over key positions, which cancels in the softmax (D1; ablation only).
+    """
+
+    def __init__(self, config: MSPTConfig, heads: int, head_dim: int):
+        super().__init__()
+        len_t, len_v = config.max_text_length, config.vision_seq_length
+        rows = max(len_t, len_v) if config.shared_key_mode == "bank" else 1
+        self.shared_key = nn.Parameter(torch.empty(heads, rows, head_dim))
+        self.text_attention_bias = nn.Parameter(torch.empty(heads, len_t, len_t))
+        self.vision_attention_bias = nn.Parameter(torch.empty(heads, len_v, len_v))
+
+    def key(self, length: int) -> torch.Tensor:
+        """The key for a stream of `length` positions: [heads, length, head_dim]."""
+        key = self.shared_key
+        return key[:, :length] if key.shape[1] > 1 else key.expand(-1, length, -1)
+
+
+class MSPTEncoder(nn.Module):
+    """Both streams, layer by layer, aligned at the top; the last `num_interaction_layers` layers of each stream share
+    one key per layer (`shared_key`) and add a per-modality bias (`text_attention_bias` / `vision_attention_bias`).
+
+    `S^m_l = Q^m_l K_l^T / sqrt(d) + B^m_l + mask` (SPEC §1). The reference computes the text map as
+    `(Q K + B) / sqrt(d)` and the vision map as `(Q / sqrt(d)) K + B` (§2.3); we use one form for both streams, which
+    only rescales the text bias.
+    """
+
+    def __init__(self, config: MSPTConfig):
+        super().__init__()
+        t, v = config.text_config, config.vision_config
+        n = config.num_interaction_layers
+        self.num_interaction_layers = n
+        self.text_layers = nn.ModuleList(
+            [MSPTLayer(t, i >= t.num_hidden_layers - n, pre_norm=False) for i in range(t.num_hidden_layers)]
+        )
+        self.vision_layers = nn.ModuleList(
+            [MSPTLayer(v, i >= v.num_hidden_layers - n, pre_norm=True) for i in range(v.num_hidden_layers)]
+        )
+        heads, head_dim = t.num_attention_heads, t.hidden_size // t.num_attention_heads
+        self.interaction = nn.ModuleList(
+            [MSPTInteractionParameters(config, heads, head_dim) for _ in range(config.num_interaction_layers)]
+        )
+
+    def forward(self, text_states, text_bias, vision_states, vision_bias, return_scores=False):
+        """text_states [B, Lt, D], text_bias [B, 1, 1, Lt] additive padding mask; vision likewise.
+        Returns final states of both streams and the per-layer pre-softmax maps of the interaction layers."""
+        text_depth, vision_depth = len(self.text_layers), len(self.vision_layers)
+        depth = max(text_depth, vision_depth)
+        first_interaction = depth - self.num_interaction_layers
+        len_t, len_v = text_states.shape[1], vision_states.shape[1]
+        text_maps, vision_maps = [], []
+        for i in range(depth):
+            j = i - first_interaction  # interaction index, < 0 below the interaction block
+            ti, vi = i - (depth - text_depth), i - (depth - vision_depth)
+            if j < 0:
+                if vi >= 0:
+                    vision_states, _ = self.vision_layers[vi](vision_states, vision_bias)
+                if ti >= 0:
+                    text_states, _ = self.text_layers[ti](text_states, text_bias)
+                continue
+            shared = self.interaction[j]
+            v_bias = vision_bias + shared.vision_attention_bias
+            vision_states, v_scores = self.vision_layers[vi](vision_states, v_bias, shared.key(len_v), return_scores)
+            t_bias = text_bias + shared.text_attention_bias[:, :len_t, :len_t]
+            text_states, t_scores = self.text_layers[ti](text_states, t_bias, shared.key(len_t), return_scores)
+            if return_scores:
+                text_maps.append(t_scores)
+                vision_maps.append(v_scores)
+        return text_states, vision_states, text_maps, vision_maps
+
+
+__all__ = ["MSPTEncoder", "MSPTInteractionParameters", "MSPTTextEmbeddings", "MSPTVisionEmbeddings"]
