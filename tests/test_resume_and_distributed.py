@@ -59,17 +59,24 @@ def test_sigkill_mid_task_then_resume_matches_uninterrupted(reference_run):
 
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_process(tmp_path):
+    from safetensors.torch import load_file
+
     one, two = tmp_path / "one", tmp_path / "two"
-    _run(one, tmp_path / "cache", "--batch", 16, "--no-dropout")
+    common = ("--no-dropout", "--epochs", 8, "--drop-last")
+    _run(one, tmp_path / "cache", "--batch", 16, *common)
     launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533")
-    _run(two, tmp_path / "cache", "--batch", 8, "--no-dropout", launcher=launcher)
+    _run(two, tmp_path / "cache", "--batch", 8, *common, launcher=launcher)
     a, b = _result(one), _result(two)
     assert (a["world_size"], b["world_size"]) == (1, 2)
-    # Same global batch (16 = 2 x 8), identical replay memory and coefficients on every rank. Tolerance: gradient
-    # all-reduce sums in another order, so weights differ by float rounding; metrics are counts and may flip only
-    # on a near-tie prediction, hence 0.05 absolute on each F1.
+    # Same global batch (16 = 2 x 8; incomplete batches dropped, since DDP would pad them with repeated examples),
+    # no dropout, identical replay memory and coefficients on every rank (scores are all-reduced). What remains is
+    # the order of float additions in the gradient all-reduce: weights agree to 5e-3 (7e-4 measured after 3 tasks of
+    # AdamW) and the F1 values to 0.05 (one prediction flipped on a 24-example slice moves F1 by more; none did).
     assert b["memory"] == a["memory"]
+    for task in ("task-00", "task-01", "task-02"):
+        x, y = load_file(one / task / "model.safetensors"), load_file(two / task / "model.safetensors")
+        assert max((x[k] - y[k]).abs().max().item() for k in x) < 5e-3, task
     for row_a, row_b in zip(a["accuracy_matrix"], b["accuracy_matrix"]):
         assert row_b == pytest.approx(row_a, abs=0.05)
-    assert b["modulation"][0]["k_vision"] == pytest.approx(a["modulation"][0]["k_vision"], abs=1e-3)
+    assert b["modulation"][0]["k_vision"] == pytest.approx(a["modulation"][0]["k_vision"], abs=1e-4)
     shutil.rmtree(tmp_path / "cache", ignore_errors=True)
