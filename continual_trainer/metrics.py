@@ -60,3 +60,24 @@ def continual_summary(matrix, cumulative) -> dict:
     else:
         summary["forgetting"] = summary["bwt"] = 0.0
     return summary
+
+
+def score_task(benchmark, k: int, predictions, golds, task_ids) -> dict:
+    """Metrics after task k from predictions on its cumulative test set (numpy arrays from the evaluation loop):
+    the cumulative metric and one per task slice j <= k (see METRIC_DEFINITIONS)."""
+    if benchmark.task_type == "re":
+        none_id = benchmark.label_names.index("None") if "None" in benchmark.label_names else 0
+        cumulative = relation_scores(predictions, golds, none_id)
+        slices = [relation_scores(predictions[task_ids == j], golds[task_ids == j], none_id) for j in range(k + 1)]
+        key = "micro_f1"
+    else:
+        names = np.asarray(benchmark.label_names)
+        valid = golds != -100
+        pred_seqs = [names[p[v]].tolist() for p, v in zip(predictions.clip(min=0), valid)]
+        gold_seqs = [names[g[v]].tolist() for g, v in zip(golds, valid)]
+        cumulative = entity_scores(pred_seqs, gold_seqs)
+        slices = [entity_scores(pred_seqs, gold_seqs, {n[2:] for n in benchmark.tasks[j].new_labels if n != "O"})
+                  for j in range(k + 1)]  # fmt: skip
+        key = "f1"
+    return {"task": k, "metric": key, "cumulative": cumulative[key], "slices": [s[key] for s in slices],
+            "cumulative_metrics": cumulative, "slice_metrics": slices}  # fmt: skip

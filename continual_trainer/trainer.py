@@ -27,7 +27,7 @@ from .losses import (
     modulation_coefficients,
     reference_attention_distillation,
 )
-from .metrics import METRIC_DEFINITIONS, continual_summary, entity_scores, relation_scores
+from .metrics import METRIC_DEFINITIONS, continual_summary, score_task
 from .replay import ReplayMemory
 from .state import RUN_NAME, ContinualState, describe_benchmark, finished_tasks, read_run, task_dir, write_run
 
@@ -375,23 +375,7 @@ class ContinualTrainer(Trainer):
             self._eval_collator = MSPTDataCollator(self.processing_class, benchmark.task_type, with_task_ids=True)
         bench = self.benchmark
         test = bench.tasks[k].test
-        predictions, golds, task_ids = self._predict(test)
-        if bench.task_type == "re":
-            none_id = bench.label_names.index("None") if "None" in bench.label_names else 0
-            cumulative = relation_scores(predictions, golds, none_id)
-            slices = [relation_scores(predictions[task_ids == j], golds[task_ids == j], none_id) for j in range(k + 1)]
-            key = "micro_f1"
-        else:
-            names = np.asarray(bench.label_names)
-            valid = golds != -100
-            pred_seqs = [names[p[v]].tolist() for p, v in zip(predictions.clip(min=0), valid)]
-            gold_seqs = [names[g[v]].tolist() for g, v in zip(golds, valid)]
-            cumulative = entity_scores(pred_seqs, gold_seqs)
-            slices = [entity_scores(pred_seqs, gold_seqs, types={n[2:] for n in bench.tasks[j].new_labels if n != "O"})
-                      for j in range(k + 1)]  # fmt: skip
-            key = "f1"
-        return {"task": k, "metric": key, "cumulative": cumulative[key], "slices": [s[key] for s in slices],
-                "cumulative_metrics": cumulative, "slice_metrics": slices}  # fmt: skip
+        return score_task(bench, k, *self._predict(test))
 
     def _predict(self, dataset):
         """Predictions over a dataset, gathered across processes: (predictions, labels, task ids) as numpy arrays.
