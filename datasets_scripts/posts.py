@@ -164,7 +164,8 @@ def synthetic_posts(n: int, seed: int = 0, num_tasks: int = 1, labels_per_task: 
         triples = []
         if len(entities) == 2 and re_cells[(verb, shape)] is not None:
             triples.append({"head": entities[0]["text"], "relation": label_of(k, verb, shape, "re"),
-                            "tail": entities[1]["text"], "head_span": list(spans[0]), "tail_span": list(spans[1])})  # fmt: skip
+                            "tail": entities[1]["text"], "head_span": list(spans[0]),
+                            "tail_span": list(spans[1])})  # fmt: skip
         image = Image.open(io.BytesIO(draw_image(rng, shape, image_size))).convert("RGB")
         posts.append({"id": f"post-{seed}-{i}", "text": " ".join(words), "image": image, "entities": entities,
                       "triples": triples, "task_id": k, "shape": shape})  # fmt: skip
@@ -210,7 +211,8 @@ def score_posts(posts: list[dict], results: list[dict], directed: bool = True) -
     for result in results:
         found_entities |= entity_keys(result["id"], result["entities"], lambda e: tuple(e["provenance"]["span"]))
         found_triples |= triple_keys(result["id"], result["triples"],
-                                     lambda t: (t["provenance"]["head_span"], t["provenance"]["tail_span"]))  # fmt: skip
+                                     lambda t: (t["provenance"]["head_span"],
+                                                t["provenance"]["tail_span"]))  # fmt: skip
     scores = {}
     for kind, gold, found in (("entity", gold_entities, found_entities), ("triple", gold_triples, found_triples)):
         hits = len(gold & found)

@@ -67,7 +67,8 @@ def synthetic_input(args: BuildArguments) -> tuple[str, list[dict]]:
     with open(os.path.join(args.ner_model, "results.json"), encoding="utf-8") as f:
         data = json.load(f)["arguments"]["data"]
     if data["benchmark"] != "synthetic":
-        sys.exit(f"{args.ner_model} was trained on {data['benchmark']!r}, not on the synthetic benchmark: give --posts.")
+        sys.exit(f"{args.ner_model} was trained on {data['benchmark']!r}, not on the synthetic benchmark: "
+                 "give --posts.")
     posts = synthetic_posts(args.num_synthetic_posts, seed=args.seed, num_tasks=data["synthetic_num_tasks"])
     path = write_posts(posts, os.path.join(args.output_dir, "synthetic_posts"))
     return path, posts

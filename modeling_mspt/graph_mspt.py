@@ -89,7 +89,7 @@ class MSPTKnowledgeGraph:
     def to_rdf(self, base: str = DEFAULT_BASE_IRI):
         """An `rdflib.Graph` in the vocabulary of the module docstring (needs `pip install mspt[kg]`)."""
         try:
-            from rdflib import RDF, RDFS, XSD, Graph, Literal, Namespace, URIRef
+            from rdflib import RDF, RDFS, XSD, Graph, Literal, Namespace
         except ImportError as err:
             raise ImportError("Writing RDF needs rdflib: `pip install rdflib` (or the package's `kg` extra).") from err
         spaces = {name: Namespace(f"{base}{path}") for name, path in (
@@ -130,8 +130,8 @@ class MSPTKnowledgeGraph:
             graph.add((node, RDFS.label, Literal(record["text"])))
             for m in record["mentions"]:
                 graph.add((node, RDF.type, types[type_slugs[m["type"]]]))
-                mention = mention_iri(m["post_id"], m["span"])
-                for p, o in ((RDF.type, mspt.Mention), (mspt.mentionOf, node), (mspt.entityType, types[type_slugs[m["type"]]]),
+                mention, kind = mention_iri(m["post_id"], m["span"]), types[type_slugs[m["type"]]]
+                for p, o in ((RDF.type, mspt.Mention), (mspt.mentionOf, node), (mspt.entityType, kind),
                              (mspt.confidence, Literal(m["score"], datatype=XSD.double)),
                              (mspt.wordStart, Literal(m["span"][0])), (mspt.wordEnd, Literal(m["span"][1])),
                              (mspt.charStart, Literal(m["char_span"][0])), (mspt.charEnd, Literal(m["char_span"][1])),
@@ -144,9 +144,10 @@ class MSPTKnowledgeGraph:
             for e in record["evidence"]:
                 hs, ts = e["head_span"], e["tail_span"]
                 statement = spaces["statement"][f"{quote(e['post_id'], safe='')}_{hs[0]}-{hs[1]}_{ts[0]}-{ts[1]}"]
-                for p, o in ((RDF.type, RDF.Statement), (RDF.subject, head), (RDF.predicate, relation), (RDF.object, tail),
-                             (mspt.confidence, Literal(e["score"], datatype=XSD.double)),
-                             (mspt.headMention, mention_iri(e["post_id"], hs)), (mspt.tailMention, mention_iri(e["post_id"], ts)),
+                for p, o in ((RDF.type, RDF.Statement), (RDF.subject, head), (RDF.predicate, relation),
+                             (RDF.object, tail), (mspt.confidence, Literal(e["score"], datatype=XSD.double)),
+                             (mspt.headMention, mention_iri(e["post_id"], hs)),
+                             (mspt.tailMention, mention_iri(e["post_id"], ts)),
                              (prov.wasDerivedFrom, post_iri(e["post_id"]))):  # fmt: skip
                     graph.add((statement, p, o))
         return graph
@@ -161,8 +162,7 @@ class MSPTKnowledgeGraph:
 
 def write_jsonl(records: list[dict], path: str):
     with open(path, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
 
 
 def read_jsonl(path: str) -> list[dict]:

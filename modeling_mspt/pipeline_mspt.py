@@ -3,7 +3,8 @@
 Registered as the transformers task ``"multimodal-kg-construction"`` when the package is imported:
 
     pipe = transformers.pipeline("multimodal-kg-construction", model="outputs/imner", re_model="outputs/imre")
-    pipe = MSPTKnowledgeGraphPipeline(model="kg-dir")  # a directory holding ner/ and re/ (see `save_pretrained`)
+    pipe = MSPTKnowledgeGraphPipeline(model="kg-dir")  # a directory holding ner/ and re/ (`save_pretrained`)
+    # (transformers.pipeline loads one model directory: there, pass model="kg-dir/ner", re_model="kg-dir/re")
     results = pipe([{"id": "1", "text": "coach Ada meets mayor Ben", "image": "1.jpg"}], threshold=0.5)
 
 Per post: the text is split on whitespace into words; the NER model tags the words (batches of posts) and BIO spans
@@ -89,8 +90,9 @@ class MSPTKnowledgeGraphPipeline(Pipeline):
     def __init__(self, model, processor=None, re_model=None, re_processor=None, **kwargs):
         if isinstance(model, (str, os.PathLike)):
             folder = os.fspath(model)
-            if re_model is None and os.path.isdir(os.path.join(folder, "ner")) and os.path.isdir(os.path.join(folder, "re")):
-                folder, re_model = os.path.join(folder, "ner"), os.path.join(folder, "re")
+            ner_dir, re_dir = os.path.join(folder, "ner"), os.path.join(folder, "re")
+            if re_model is None and os.path.isdir(ner_dir) and os.path.isdir(re_dir):
+                folder, re_model = ner_dir, re_dir
             model = MSPTForTokenClassification.from_pretrained(folder)
             processor = processor or MSPTProcessor.from_pretrained(folder)
         if isinstance(re_model, (str, os.PathLike)):
@@ -142,8 +144,9 @@ class MSPTKnowledgeGraphPipeline(Pipeline):
             post["threshold"] = threshold
         return {}, forward, post
 
-    def __call__(self, posts, batch_size: int | None = None, **kwargs):
-        """`posts`: one post dict or an iterable of them -> one result dict or a list of them (same order)."""
+    def __call__(self, posts, batch_size: int | None = None, num_workers: int | None = None, **kwargs):
+        """`posts`: one post dict or an iterable of them -> one result dict or a list of them (same order).
+        `num_workers` is accepted for compatibility and ignored: posts are prepared in the calling process."""
         _, forward, post = self._sanitize_parameters(**kwargs)
         forward, post = {**self._forward_params, **forward}, {**self._postprocess_params, **post}
         batch_size = batch_size or self._batch_size or 16
@@ -175,7 +178,7 @@ class MSPTKnowledgeGraphPipeline(Pipeline):
         state = _Post(index, str(post["id"]) if post.get("id") is not None else f"#{index}")
         text = post.get("text")
         if not isinstance(text, str) or not text.strip():
-            state.error = "empty text" if text is None or isinstance(text, str) else f"`text` is a {type(text).__name__}"
+            state.error = "empty text" if text is None or isinstance(text, str) else f"`text` is {type(text).__name__}"
             return _report(state)
         matches = list(re.finditer(r"\S+", text))
         state.words, state.char_spans = [m.group() for m in matches], [m.span() for m in matches]
@@ -253,8 +256,8 @@ class MSPTKnowledgeGraphPipeline(Pipeline):
                 if ok:
                     p.pairs.append((h, t, relation, score))
                 else:
-                    p.warnings.append(f"pair {p.entities[h][:2]} -> {p.entities[t][:2]} lies beyond the RE "
-                                      f"max_length ({self.re_processor.max_length} sub-tokens); not classified")  # fmt: skip
+                    p.warnings.append(f"pair {p.entities[h][:2]} -> {p.entities[t][:2]} lies beyond the RE max_length "
+                                      f"({self.re_processor.max_length} sub-tokens); not classified")  # fmt: skip
 
     def _re_images(self, posts: list[_Post]) -> tuple[torch.Tensor, torch.Tensor]:
         """Pixels of each post's image for the RE model, computed once per post and shared by its pairs."""
@@ -264,7 +267,8 @@ class MSPTKnowledgeGraphPipeline(Pipeline):
         image_mask = torch.zeros(len(posts), dtype=torch.long)
         present = [i for i, p in enumerate(posts) if p.image is not None]
         if present:
-            pixel_values[present] = image_processor([posts[i].image for i in present], return_tensors="pt")["pixel_values"]
+            images = [posts[i].image for i in present]
+            pixel_values[present] = image_processor(images, return_tensors="pt")["pixel_values"]
             image_mask[present] = 1
         return pixel_values, image_mask
 
@@ -281,10 +285,10 @@ class MSPTKnowledgeGraphPipeline(Pipeline):
             if name == "None" or score < threshold:
                 continue
             head, tail = entities[h], entities[t]
+            provenance = {"post_id": post.id, "head_span": head["provenance"]["span"],
+                          "tail_span": tail["provenance"]["span"], "image": post.image_ref}  # fmt: skip
             triples.append({"head": head["text"], "head_type": head["type"], "relation": name, "tail": tail["text"],
-                            "tail_type": tail["type"], "score": round(score, 6),
-                            "provenance": {"post_id": post.id, "head_span": head["provenance"]["span"],
-                                           "tail_span": tail["provenance"]["span"], "image": post.image_ref}})  # fmt: skip
+                            "tail_type": tail["type"], "score": round(score, 6), "provenance": provenance})  # fmt: skip
         post.image = None  # release the pixels of a finished chunk
         return {"id": post.id, "entities": entities, "triples": triples, "image": post.image_ref,
                 "image_missing": post.image_missing, "warnings": post.warnings, "error": post.error}  # fmt: skip

@@ -1,8 +1,8 @@
 """The knowledge-graph pipeline end to end: models trained by the example scripts, synthetic posts with known truth,
 batching, bad input, the graph files (JSON Lines, Turtle) and examples/build_kg.py.
 
-Quality thresholds (measured on this machine, see the numbers beside each one; the models are trained once per
-session with seed 0 on task 0 of the synthetic benchmark, 300 examples x 20 epochs, as the example scripts do):
+Quality thresholds (measured numbers beside them; the models are trained once per session by the example scripts,
+seed 0, task 0 of the synthetic benchmark, 300 examples x 20 epochs, hidden size 32: about 20 s each):
 
 - Entities (NER stage, from text + image): typed exact-span precision / recall. The synthetic NER benchmark never
   holds two entities in one sentence (the second name is always an untagged distractor), so the model tags the
@@ -10,7 +10,9 @@ session with seed 0 on task 0 of the synthetic benchmark, 300 examples x 20 epoc
 - Triples (RE stage, entities given as `entity_spans`): the synthetic RE benchmark never shows a pair in reverse
   order, so the model gives (A, r, B) and (B, r, A) the same relation: triples are scored in both directions
   (unordered), and directed precision cannot pass about 0.5.
-- A randomly initialised pair of models must fail every threshold (the thresholds can fail).
+- End to end (NER, then RE on the entities found) few triples come out of these posts, for the NER reason above:
+  the scores are printed (`-s`), not asserted.
+- A randomly initialised pair of models must fail the thresholds (so they can fail).
 """
 
 import json
@@ -31,18 +33,22 @@ from modeling_mspt import (
     MSPTForRelationExtraction,
     MSPTForTokenClassification,
     MSPTKnowledgeGraphPipeline,
-    MSPTProcessor,
 )
 from modeling_mspt.graph_mspt import MSPTKnowledgeGraph, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ["--synthetic_num_tasks", "1", "--synthetic_train_per_task", "300", "--synthetic_test_per_task", "20",
-         "--num_train_epochs", "20", "--tiny_hidden_size", "32", "--save_strategy", "no", "--disable_tqdm", "true"]  # fmt: skip
+         "--num_train_epochs", "20", "--tiny_hidden_size", "32", "--save_strategy", "no",
+         "--disable_tqdm", "true"]  # fmt: skip
 NUM_POSTS = 40
-# Thresholds: measured value on the left in the comment, asserted value with a safety margin.
-ENTITY_PRECISION, ENTITY_RECALL = 0.45, 0.25  # measured 0.0 / 0.0
-TRIPLE_PRECISION, TRIPLE_RECALL = 0.6, 0.6  # unordered, entities given; measured 0.0 / 0.0
-DIRECTED_RECALL = 0.6  # measured 0.0
+# Thresholds. Measured with these models (training seed 0) on these 40 posts (seed 1): entities P 0.556 R 0.351;
+# triples with the entities given, unordered P 0.917 R 0.917, directed P 0.458 R 0.917 (end to end, NER then RE:
+# P 0.50 R 0.04, not asserted: see the module docstring). Over training seeds 0-2 x post seeds 1-5 the lowest were
+# entities P 0.477 R 0.306, triples P 0.632 R 0.571, directed R 0.571; random models score entities P <= 0.04 and
+# no triple. The thresholds sit under those lows.
+ENTITY_PRECISION, ENTITY_RECALL = 0.40, 0.25
+TRIPLE_PRECISION, TRIPLE_RECALL = 0.50, 0.50  # unordered, entities given
+DIRECTED_RECALL = 0.50
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +62,7 @@ def kg_models(tmp_path_factory):
                                     str(root / kind), "--dataset_cache_dir", str(root / f"cache-{kind}"), *TRAIN],
                                    cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for kind in ("ner", "re")}  # fmt: skip
-    for kind, run in runs.items():
+    for run in runs.values():
         log, _ = run.communicate(timeout=600)
         assert run.returncode == 0, log[-4000:]
     return root / "ner", root / "re"
@@ -94,7 +100,9 @@ def test_task_is_registered_and_found_by_transformers_pipeline(pipe):
 
 def test_recovers_known_entities_and_triples(pipe, posts):
     entities, triples, directed = scores(pipe, posts)
-    print("entities", entities, "\ntriples (unordered)", triples, "\ntriples (directed)", directed)
+    end_to_end = score_posts(posts, pipe(inputs(posts)), directed=False)
+    print("entities", entities, "\ntriples (unordered)", triples, "\ntriples (directed)", directed,
+          "\nend to end", end_to_end)  # fmt: skip
     assert entities["entity_precision"] >= ENTITY_PRECISION and entities["entity_recall"] >= ENTITY_RECALL, entities
     assert triples["triple_precision"] >= TRIPLE_PRECISION and triples["triple_recall"] >= TRIPLE_RECALL, triples
     assert directed["triple_recall"] >= DIRECTED_RECALL, directed
@@ -106,7 +114,7 @@ def test_untrained_models_fail_the_thresholds(pipe, posts):
         model=MSPTForTokenClassification(pipe.model.config), processor=pipe.processor,
         re_model=MSPTForRelationExtraction(pipe.re_model.config), re_processor=pipe.re_processor, device="cpu",
     )  # fmt: skip
-    entities, triples, directed = scores(untrained, posts)
+    entities, triples, _ = scores(untrained, posts)
     assert entities["entity_precision"] < ENTITY_PRECISION or entities["entity_recall"] < ENTITY_RECALL, entities
     assert triples["triple_precision"] < TRIPLE_PRECISION or triples["triple_recall"] < TRIPLE_RECALL, triples
 
@@ -125,8 +133,10 @@ def test_outputs_are_consistent_and_carry_provenance(pipe, posts):
             assert e["type"] in {label[2:] for label in pipe.ner_labels} and 0 < e["score"] <= 1
         for t in result["triples"]:
             head, tail = spans[tuple(t["provenance"]["head_span"])], spans[tuple(t["provenance"]["tail_span"])]
-            assert (t["head"], t["head_type"], t["tail"], t["tail_type"]) == (head["text"], head["type"], tail["text"], tail["type"])
-            assert t["relation"] != "None" and t["relation"] in pipe.relations and t["provenance"]["post_id"] == post["id"]
+            assert (t["head"], t["head_type"]) == (head["text"], head["type"])
+            assert (t["tail"], t["tail_type"]) == (tail["text"], tail["type"])
+            assert t["relation"] in pipe.relations and t["relation"] != "None"
+            assert t["provenance"]["post_id"] == post["id"]
     high = pipe(inputs(posts, gold_entities=True), threshold=0.9)
     assert all(t["score"] >= 0.9 for r in high for t in r["triples"])
     assert sum(len(r["triples"]) for r in high) < sum(len(r["triples"]) for r in results[: len(posts)])
@@ -168,7 +178,8 @@ def test_batches_posts_and_pairs_and_results_do_not_depend_on_batch_size(pipe, p
     assert sum(len(r["triples"]) for r in given) > 0
     assert_same_results(tagged, pipe(inputs(posts), batch_size=1, threshold=0.0))
     assert_same_results(given, pipe(inputs(posts, gold_entities=True), re_batch_size=1, threshold=0.0))
-    assert pipe(inputs(posts)[0], batch_size=1, re_batch_size=1) == pipe(inputs(posts[:1]), batch_size=1, re_batch_size=1)[0]
+    one = {"batch_size": 1, "re_batch_size": 1}
+    assert pipe(inputs(posts)[0], **one) == pipe(inputs(posts[:1]), **one)[0]  # a single post in, a single result out
 
 
 def test_bad_posts_are_reported_by_id_and_the_others_go_through(pipe, posts, tmp_path):
@@ -271,7 +282,8 @@ def test_build_kg_writes_the_graph_and_counts_failures(kg_models, monkeypatch, c
     with open(path, "a", encoding="utf-8") as f:
         f.write('{"id": "torn", "text": "coach\n')
         f.write(json.dumps({"id": "empty", "text": "", "image": None}) + "\n")
-        f.write(json.dumps({"id": "lost-image", "text": "coach Ada meets mayor Ben", "image": "images/gone.png"}) + "\n")
+        lost = {"id": "lost-image", "text": "coach Ada meets mayor Ben", "image": "images/gone.png"}
+        f.write(json.dumps(lost) + "\n")
     out = run_build_kg(monkeypatch, capsys, "--posts", path, "--ner_model", ner, "--re_model", re_,
                        "--output_dir", tmp_path / "kg", "--threshold", "0.3")  # fmt: skip
     summary = json.loads(out.rsplit("Summary: ", 1)[1])
