@@ -182,6 +182,27 @@ def test_batches_posts_and_pairs_and_results_do_not_depend_on_batch_size(pipe, p
     assert pipe(inputs(posts)[0], **one) == pipe(inputs(posts[:1]), **one)[0]  # a single post in, a single result out
 
 
+def test_words_without_sub_tokens_and_truncated_text_keep_the_spans_right(pipe, posts):
+    plain = [p for p in inputs(posts) if p["text"].count(" ") >= 2][:8]
+    # a zero-width space is a word to str.split() but gives the tokenizer no sub-token
+    shifted = [p | {"text": "\u200b " + p["text"].replace(" ", " \u200b ", 1)} for p in plain]
+    def moved(i):  # where word i of the plain text is in the shifted one
+        return i + 1 if i == 0 else i + 2
+
+    for a, b in zip(pipe(plain), pipe(shifted)):
+        spans = [e["provenance"]["span"] for e in a["entities"]]
+        expected = [(e["text"], e["type"], [moved(s), moved(t - 1) + 1]) for e, (s, t) in zip(a["entities"], spans)]
+        assert expected == [(e["text"], e["type"], e["provenance"]["span"]) for e in b["entities"]]
+    assert any(a["entities"] for a in pipe(plain))
+    text = posts[0]["text"] + " today" * 200 + " coach Ada"
+    long = pipe({"id": "long", "text": text, "image": None})
+    assert "beyond the NER max_length" in long["warnings"][0]
+    assert all(e["provenance"]["span"][1] <= 128 for e in long["entities"])
+    n = len(text.split())
+    far = pipe({"id": "far", "text": text, "image": None, "entity_spans": [[0, 1], [n - 1, n]]}, threshold=0.0)
+    assert not far["triples"] and len(far["warnings"]) == 2 and "beyond the RE max_length" in far["warnings"][0]
+
+
 def test_bad_posts_are_reported_by_id_and_the_others_go_through(pipe, posts, tmp_path):
     good = inputs(posts[:3])
     bad = [
