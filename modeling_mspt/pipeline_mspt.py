@@ -103,11 +103,15 @@ class MSPTKnowledgeGraphPipeline(Pipeline):
                 "MSPTKnowledgeGraphPipeline needs an NER model and an RE model with their processors: pass "
                 "`model=<ner dir>, re_model=<re dir>` (or `model=<dir with ner/ and re/>`), or the four objects."
             )
-        if getattr(model, "crf", None) is None or getattr(re_model, "crf", None) is not None:
-            raise ValueError(
-                f"`model` must be the NER model (MSPTForTokenClassification, got {type(model).__name__}) and "
-                f"`re_model` the RE model (MSPTForRelationExtraction, got {type(re_model).__name__})."
-            )
+        for name, loaded, expected in (("model", model, "MSPTForTokenClassification"),
+                                       ("re_model", re_model, "MSPTForRelationExtraction")):  # fmt: skip
+            # the class of the model object, or the one its checkpoint was saved from (swapped ner/re directories)
+            saved = getattr(loaded.config, "architectures", None) or [type(loaded).__name__]
+            if type(loaded).__name__ != expected or expected not in saved:
+                raise ValueError(
+                    f"`{name}` must be an {expected} (the {'NER' if name == 'model' else 'RE'} model), got "
+                    f"{type(loaded).__name__} from a checkpoint of {saved[0]}; are the NER and RE models swapped?"
+                )
         super().__init__(model=model, processor=processor, **kwargs)
         self.model.eval()
         self.re_model = re_model.to(self.device).eval()

@@ -98,6 +98,14 @@ def test_task_is_registered_and_found_by_transformers_pipeline(pipe):
     assert isinstance(pipe.model, MSPTForTokenClassification) and isinstance(pipe.re_model, MSPTForRelationExtraction)
 
 
+def test_swapped_models_are_refused(kg_models):
+    ner, re_ = kg_models
+    with pytest.raises(ValueError, match="swapped"):
+        transformers.pipeline(KG_TASK, model=str(re_), re_model=str(ner), device="cpu")
+    with pytest.raises(ValueError, match="RE model"):
+        MSPTKnowledgeGraphPipeline(model=str(ner))
+
+
 def test_recovers_known_entities_and_triples(pipe, posts):
     entities, triples, directed = scores(pipe, posts)
     end_to_end = score_posts(posts, pipe(inputs(posts)), directed=False)
