@@ -1,4 +1,5 @@
-"""MSPT model, heads and processor, registered with the transformers Auto classes on import."""
+"""MSPT model, heads, processor and knowledge-graph pipeline, registered with the transformers Auto classes and the
+pipeline registry (task "multimodal-kg-construction") on import."""
 
 from transformers import (
     AutoConfig,
@@ -20,6 +21,7 @@ from .modeling_mspt import (
     MSPTRelationExtractionOutput,
     MSPTTokenClassificationOutput,
 )
+from .pipeline_mspt import KG_TASK, MSPTKnowledgeGraphPipeline
 from .processing_mspt import RE_MARKERS, MSPTProcessor
 
 AutoConfig.register("mspt", MSPTConfig, exist_ok=True)
@@ -40,5 +42,7 @@ __all__ = [
     "MSPTRelationExtractionOutput",
     "MSPTTokenClassificationOutput",
     "MSPTProcessor",
+    "MSPTKnowledgeGraphPipeline",
+    "KG_TASK",
     "RE_MARKERS",
 ]

@@ -51,6 +51,24 @@ class MSPTCRF(nn.Module):
         return log_z * mask[:, 0].to(emissions.dtype)
 
     @torch.no_grad()
+    def marginals(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """p(tag_t = c | emissions) by forward-backward: emissions [B, T, C], mask [B, T] left-aligned -> [B, T, C]
+        (each real step sums to 1; 0 where masked)."""
+        batch, steps, _ = emissions.shape
+        end = self.end_transitions.expand(batch, -1)
+        alphas = [self.start_transitions + emissions[:, 0]]  # log-sum over paths ending in c at t
+        for t in range(1, steps):
+            step = torch.logsumexp(alphas[-1].unsqueeze(2) + self.transitions + emissions[:, t].unsqueeze(1), dim=1)
+            alphas.append(torch.where(mask[:, t].unsqueeze(1), step, alphas[-1]))
+        betas = [end]  # log-sum over the continuations from c at t; the last real step sees only the end transition
+        for t in range(steps - 2, -1, -1):
+            step = torch.logsumexp(self.transitions + (emissions[:, t + 1] + betas[-1]).unsqueeze(1), dim=2)
+            betas.append(torch.where(mask[:, t + 1].unsqueeze(1), step, end))
+        alpha, beta = torch.stack(alphas, dim=1), torch.stack(betas[::-1], dim=1)  # [B, T, C]
+        log_z = torch.logsumexp(alphas[-1] + self.end_transitions, dim=1)  # alphas carry over padded steps
+        return (alpha + beta - log_z[:, None, None]).exp() * mask.unsqueeze(-1).to(emissions.dtype)
+
+    @torch.no_grad()
     def decode(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Viterbi paths: emissions [B, T, C], mask [B, T] left-aligned -> tags [B, T] long (0 where masked)."""
         batch, steps, _ = emissions.shape

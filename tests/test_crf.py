@@ -66,3 +66,23 @@ def test_ner_head_decodes_only_word_starts():
         positions = word_start_mask[b].nonzero().squeeze(1)
         _, _, best = brute_force(model.crf, out.logits[b, positions].detach(), len(positions))
         assert out.tags[b, positions].tolist() == list(best)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_marginals_match_enumeration(seed):
+    g = torch.Generator().manual_seed(seed)
+    crf = MSPTCRF(3)
+    with torch.no_grad():
+        for p in crf.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    lengths = [4, 1, 3, 0]
+    emissions = torch.randn(len(lengths), 4, 3, generator=g)
+    mask = torch.arange(4).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
+    marginals = crf.marginals(emissions, mask)
+    for b, n in enumerate(lengths):
+        expected = torch.zeros(4, 3)
+        if n:
+            log_z, scores, _ = brute_force(crf, emissions[b], n)
+            for path, score in scores.items():
+                expected[torch.arange(n), torch.tensor(path)] += (score - log_z).exp()
+        torch.testing.assert_close(marginals[b], expected, atol=1e-5, rtol=1e-5)
