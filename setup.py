@@ -23,5 +23,6 @@ setup(
     extras_require={
         "test": ["pytest"],
         "plots": ["matplotlib"],
+        "kg": ["rdflib"],
     },
 )
