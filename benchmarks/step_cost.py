@@ -21,7 +21,8 @@ percentiles, in wall-clock time and in process CPU time (on a shared machine, CP
 other work waiting for the same cores; with one intra-op thread it is the compute the step needs).
 Peak memory: on CUDA `torch.cuda.max_memory_allocated` over one step; on CPU the peak of the profiler's memory timeline
 over one step (tensors live during the step: weights, gradients, optimizer state, teacher, activations), plus the
-static bytes of parameters, gradients, optimizer state and teacher counted from the tensors.
+static bytes of parameters, gradients, optimizer state and teacher counted from the tensors. On CUDA, the places
+where a step makes the host wait for the device are listed (`torch.cuda.set_sync_debug_mode`).
 
 Output: `<output_dir>/step_cost.json` and `step_cost.md` (ratios to `finetune`). With `--profile`, one
 `torch.profiler` table per variant (`profile_<shape>_<task>_<variant>.txt`, sorted by self time).
@@ -221,6 +222,67 @@ def peak_memory(fn, device) -> int | None:
     return int(max(sum(row) for row in sizes)) if sizes else None
 
 
+class StepParts:
+    """Time of the parts of a step, measured by wrapping the trainer's own callables on this trainer instance (no
+    library code changes): student and teacher forward, distillation loss, backward, gradient modulation, clipping and
+    norm, optimizer step; `other` is the rest (modality scores, LwF / EWC terms, scheduler, zero_grad, Python).
+    CPU: process time; CUDA: wall time with a synchronisation around each part (so only for the breakdown phase)."""
+
+    PARTS = ("student_forward", "teacher_forward", "distillation", "backward", "modulation", "clip_and_norm",
+             "optimizer_step")  # fmt: skip
+
+    def __init__(self, trainer, device):
+        self.device, self.current, self.steps = device, {}, []
+        trainer.model.forward = self._wrap("student_forward", trainer.model.forward)
+        if trainer.teacher is not None:
+            trainer.teacher.forward = self._wrap("teacher_forward", trainer.teacher.forward)
+        trainer._distillation = self._wrap("distillation", trainer._distillation)
+        trainer._modulate = self._wrap("modulation", trainer._modulate)
+        trainer.accelerator.backward = self._wrap("backward", trainer.accelerator.backward)
+        trainer._clip_grad_norm = self._wrap("clip_and_norm", trainer._clip_grad_norm)
+        trainer._get_grad_norm = self._wrap("clip_and_norm", trainer._get_grad_norm)
+        trainer.optimizer.step = self._wrap("optimizer_step", trainer.optimizer.step)
+
+    def clock(self):
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            return time.perf_counter()
+        return time.process_time()
+
+    def _wrap(self, name, fn):
+        def timed(*args, **kwargs):
+            start = self.clock()
+            out = fn(*args, **kwargs)
+            self.current[name] = self.current.get(name, 0.0) + self.clock() - start
+            return out
+
+        return timed
+
+    def run(self, step):
+        self.current = {}
+        start = self.clock()
+        step()
+        total = self.clock() - start
+        self.steps.append({**self.current, "other": total - sum(self.current.values()), "total": total})
+
+    def medians(self) -> dict:
+        names = [*self.PARTS, "other", "total"]
+        return {n: statistics.median(s.get(n, 0.0) for s in self.steps) for n in names}
+
+
+def host_syncs(fn) -> list[str]:
+    """CUDA only: the places (file:line) where one call of fn made the host wait for the device."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fn()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return [f"{os.path.relpath(w.filename)}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
+
+
 def profile_table(fn, path, device, rows=40):
     from torch.profiler import ProfilerActivity, profile
 
@@ -288,7 +350,16 @@ def measure(shape, task, variants, args) -> dict:
         else:
             entry["static_bytes"] = _static_bytes(trainers[name])
             entry["peak_bytes"] = None if args.no_memory else peak_memory(lambda n=name: run_one(n, 0), device)
+        if device == "cuda":
+            entry["host_syncs"] = host_syncs(lambda n=name: run_one(n, 0))
         result["variants"][name] = entry
+    if args.breakdown_steps:  # last: the wrappers stay on the trainers
+        parts = {name: StepParts(trainers[name], device) for name in variants}
+        for r in range(args.breakdown_steps):
+            for name in variants if r % 2 == 0 else variants[::-1]:
+                parts[name].run(lambda n=name: run_one(n, r))
+        for name in variants:
+            result["variants"][name]["parts_s"] = parts[name].medians()
     ft = result["variants"].get("finetune")
     for name, entry in result["variants"].items():
         if ft and name != EVAL:
@@ -325,8 +396,19 @@ def report(results: list[dict]) -> str:
     evals = [[r["shape"], r["task"], r["batch"], f"{r['variants'][EVAL]['median_s'] * 1e3:,.1f}",
               f"{r['variants'][EVAL]['examples_per_s']:,.1f}", _mib(r["variants"][EVAL]["peak_bytes"])]
              for r in results]  # fmt: skip
-    return (markdown_table(header, rows) + "\n\nEvaluation (eval mode, `torch.inference_mode`, same batches):\n\n"
+    text = (markdown_table(header, rows) + "\n\nEvaluation (eval mode, `torch.inference_mode`, same batches):\n\n"
             + markdown_table(["shape", "task", "batch", "forward ms (median)", "examples/s", "peak MiB"], evals))
+    part_rows = [[r["shape"], r["task"], name, *(f"{e['parts_s'][p] * 1e3:,.1f}" for p in (*StepParts.PARTS, "other",
+                                                                                          "total"))]
+                 for r in results for name, e in r["variants"].items() if "parts_s" in e]  # fmt: skip
+    if part_rows:
+        text += ("\n\nWhere the time goes (median ms per part over the breakdown steps; CPU: process time):\n\n"
+                 + markdown_table(["shape", "task", "variant", *StepParts.PARTS, "other", "total"], part_rows))
+    syncs = [f"- {r['shape']}/{r['task']}/{name}: {', '.join(e['host_syncs']) or 'none'}"
+             for r in results for name, e in r["variants"].items() if "host_syncs" in e]  # fmt: skip
+    if syncs:
+        text += "\n\nHost-device synchronisations in one step (file:line):\n\n" + "\n".join(syncs)
+    return text
 
 
 def main(argv=None):
@@ -341,13 +423,17 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: OMP_NUM_THREADS).")
     parser.add_argument("--no-memory", action="store_true", help="Skip the peak-memory step (it is slow on CPU).")
+    parser.add_argument("--breakdown-steps", type=int, default=4,
+                        help="Extra steps per variant timed part by part (StepParts); 0 to skip.")
     parser.add_argument("--profile", action="store_true", help="Write a torch.profiler table per variant.")
     parser.add_argument("--output-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    parser.add_argument("--tag", default="", help="Output names step_cost_<tag>.json / .md.")
     parser.add_argument("--quick", action="store_true",
                         help="Smoke run in seconds: tiny shape, text length 24, 2 rounds of 1 step.")
     args = parser.parse_args(argv)
     if args.quick:
         args.shapes, args.rounds, args.steps, args.warmup, args.text_length = ["tiny"], 2, 1, 1, 24
+        args.breakdown_steps = 2
         args.variants = ["finetune", "mspt"]
     if "finetune" not in args.variants:
         args.variants.insert(0, "finetune")
@@ -367,7 +453,7 @@ def main(argv=None):
     env["wall_s"] = time.time() - started
     settings = {k: v for k, v in vars(args).items() if k != "output_dir"}
     out = {"machine": env, "settings": settings, "results": results}
-    suffix = "_quick" if args.quick else ""
+    suffix = "_quick" if args.quick else (f"_{args.tag}" if args.tag else "")
     with open(os.path.join(args.output_dir, f"step_cost{suffix}.json"), "w", encoding="utf-8") as f:
         json.dump(out, f, indent=1)
     table = report(results)

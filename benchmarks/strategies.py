@@ -56,6 +56,11 @@ ABLATIONS = {
     "schedule_reference": ({"modulation_schedule": "reference"}, {}),
     "sgd": (dict(SGD), {}),
     "sgd_no_modulation": (dict(SGD, gradient_modulation=False), {}),
+    # Not in the list, added to explain the results: replay alone at the ablation sizes; pooling over queries
+    # instead of keys (width sums are shifts of each softmax row, to which attention is invariant); POD (§4.4).
+    "replay_only": ({"gradient_modulation": False, "distillation_weight": 0.0}, {}),
+    "distillation_height": ({"distillation_pooling": "height"}, {}),
+    "distillation_pod": ({"distillation_impl": "pod"}, {}),
 }
 METRICS = ("final_average", "average_incremental", "forgetting", "bwt")
 IMRE_PRESETS = ("finetune", "replay", "mspt")
@@ -93,7 +98,7 @@ def plan(args) -> list[RunSpec]:
         elif suite == "ablations":
             abl_data = dict(data, num_tasks=args.ablation_num_tasks, train_per_task=args.ablation_train_per_task)
             for task in args.ablation_tasks:
-                for seed in args.seeds:
+                for seed in args.ablation_seeds or args.seeds:
                     for name in args.ablations:
                         train_over, model_over = ABLATIONS[name]
                         training = {"num_train_epochs": args.ablation_epochs or args.epochs,
@@ -314,6 +319,7 @@ def main(argv=None):
     parser.add_argument("--epochs", type=float, default=20)
     parser.add_argument("--ablations", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS))
     parser.add_argument("--ablation-tasks", nargs="+", default=["re"], choices=["re", "ner"])
+    parser.add_argument("--ablation-seeds", nargs="+", type=int, default=None, help="Default: --seeds.")
     parser.add_argument("--ablation-num-tasks", type=int, default=3)
     parser.add_argument("--ablation-train-per-task", type=int, default=200)
     parser.add_argument("--ablation-epochs", type=float, default=None, help="Default: --epochs.")
