@@ -11,11 +11,18 @@ entity, all ``O``), e.g. for 3 labels a task reads::
     "joins"      /t0/joins/circle   None
 
 Every row and every column holds two or more different labels, so within a task the text alone or
-the image alone leaves at least two cells possible (with the defaults the best single-modality
-accuracy on the final test set is 1/2 from the text and 3/8 from the image), while both together
+the image alone leaves at least two cells possible (with the defaults and no reversed RE pairs the
+best single-modality accuracy on the final test set is 1/2 from the text and 3/8 from the image), while both together
 decide the label. Late fusion is enough: a label scores 2 when both its cues are present and at
 most 1 otherwise, the no-label 1.5, so a linear head on ``[text features ; image features]``, the
 head MSPT uses, can reach 100%. ``probe.probe_modalities`` measures the three accuracies.
+
+Relations are directed: a fraction ``reversed_rate`` (default 0.2) of the RE examples swap the head
+and tail markers of the sentence and are labelled ``None``, whatever their cell, so a model must read
+the markers' order (this lifts the text-only ceiling to ``r + (1 - r) / 2`` = 0.6). Half the NER
+sentences name a second titled person (``... with TITLE NAME``) whose type follows the same grid,
+with the same image, so a sentence can hold two entities, as knowledge-graph posts do
+(``datasets_scripts/posts.py``); a name after ``with`` without a title is never an entity.
 
 RE test sets are cumulative (tasks ``0..k``, like IMRE); every NER test set holds all tasks' test
 sentences with the types of later tasks tagged ``O`` (like IMNER).
@@ -60,6 +67,8 @@ class SyntheticConfig(datasets.BuilderConfig):
         image_size (`int`): side of the square RGB images in pixels.
         missing_image_rate (`float`): fraction of examples left without image (``image=None``),
             to exercise the missing-image path downstream.
+        reversed_rate (`float`): RE only: fraction of examples whose head and tail are swapped and
+            labelled ``None`` (relations are directed).
     """
 
     seed: int = 0
@@ -70,6 +79,7 @@ class SyntheticConfig(datasets.BuilderConfig):
     test_per_task: int = 100
     image_size: int = 32
     missing_image_rate: float = 0.0
+    reversed_rate: float = 0.2
 
     def validate(self):
         """Range checks (``datasets`` sets overriding kwargs after ``__post_init__``, so the builder calls this)."""
@@ -86,6 +96,8 @@ class SyntheticConfig(datasets.BuilderConfig):
             raise ValueError(f"image_size={self.image_size}: use 16 or more so the shapes stay recognisable")
         if not 0.0 <= self.missing_image_rate < 1.0:
             raise ValueError(f"missing_image_rate={self.missing_image_rate}: must be in [0, 1)")
+        if not 0.0 <= self.reversed_rate < 1.0:
+            raise ValueError(f"reversed_rate={self.reversed_rate}: must be in [0, 1)")
 
 
 def task_grid(task_id: int, labels_per_task: int, flavour: str) -> list[tuple[str, str, int | None]]:
@@ -155,8 +167,11 @@ def _filler(rng: np.random.Generator, most: int) -> list[str]:
     return [FILLER[int(i)] for i in rng.integers(0, len(FILLER), int(rng.integers(0, most + 1)))]
 
 
-def re_sentence(rng: np.random.Generator, verb: str) -> dict:
-    """``[filler] head verb tail [filler]`` or ``[filler] with tail , head verb [filler]``."""
+def re_sentence(rng: np.random.Generator, verb: str, reverse: bool = False) -> dict:
+    """``[filler] head verb tail [filler]`` or ``[filler] with tail , head verb [filler]``.
+
+    ``reverse``: the verb's object gets the head markers and its subject the tail markers.
+    """
     head = _name(rng)
     tail = _name(rng, avoid=" ".join(head))
     prefix = _filler(rng, 3)
@@ -167,21 +182,33 @@ def re_sentence(rng: np.random.Generator, verb: str) -> dict:
         tokens = prefix + ["with"] + tail + [","] + head + [verb]
         tail_start, head_start = len(prefix) + 1, len(prefix) + len(tail) + 2
     tokens += _filler(rng, 3)
+    if reverse:
+        head, tail, head_start, tail_start = tail, head, tail_start, head_start
     return {"tokens": tokens,
             "head_name": " ".join(head), "head_start": head_start, "head_end": head_start + len(head),
             "tail_name": " ".join(tail), "tail_start": tail_start, "tail_end": tail_start + len(tail)}
 
 
-def ner_sentence(rng: np.random.Generator, title: str, entity_type: str | None) -> dict:
-    """``[filler] title NAME [filler] [with OTHER-NAME] [filler]``; only NAME can be an entity."""
+def _tagged(name: list[str], entity_type: str | None) -> list[str]:
+    return ["O"] * len(name) if entity_type is None else [f"B-{entity_type}"] + [f"I-{entity_type}"] * (len(name) - 1)
+
+
+def ner_sentence(rng: np.random.Generator, title: str, entity_type: str | None,
+                 second: tuple[str, str | None] | None = None) -> dict:
+    """``[filler] title NAME [filler] [with (TITLE2 NAME2 | OTHER-NAME)] [filler]``.
+
+    NAME is typed ``entity_type``; ``second = (TITLE2, type)`` adds ``with TITLE2 NAME2`` typed ``type``;
+    otherwise, half the time, an untitled name follows ``with`` and is never an entity.
+    """
     name = _name(rng)
-    tokens = _filler(rng, 2) + [title]
-    tags = ["O"] * len(tokens)
-    tokens += name
-    tags += ["O"] * len(name) if entity_type is None else [f"B-{entity_type}"] + [f"I-{entity_type}"] * (len(name) - 1)
+    tokens = _filler(rng, 2) + [title] + name
+    tags = ["O"] * (len(tokens) - len(name)) + _tagged(name, entity_type)
     middle = _filler(rng, 2)
     tokens, tags = tokens + middle, tags + ["O"] * len(middle)
-    if rng.random() < 0.5:  # a distractor name that never is an entity
+    if second is not None:
+        other = _name(rng, avoid=" ".join(name))
+        tokens, tags = tokens + ["with", second[0]] + other, tags + ["O", "O"] + _tagged(other, second[1])
+    elif rng.random() < 0.5:  # a distractor name that never is an entity
         other = ["with"] + _name(rng, avoid=" ".join(name))
         tokens, tags = tokens + other, tags + ["O"] * len(other)
     suffix = _filler(rng, 2)
@@ -193,8 +220,8 @@ class Synthetic(datasets.GeneratorBasedBuilder):
 
     BUILDER_CONFIG_CLASS = SyntheticConfig
     BUILDER_CONFIGS = [
-        SyntheticConfig(name="re", version=datasets.Version("1.0.0"), description="relation extraction"),
-        SyntheticConfig(name="ner", version=datasets.Version("1.0.0"), description="named-entity recognition"),
+        SyntheticConfig(name="re", version=datasets.Version("1.1.0"), description="relation extraction"),
+        SyntheticConfig(name="ner", version=datasets.Version("1.1.0"), description="named-entity recognition"),
     ]
     DEFAULT_CONFIG_NAME = "re"
 
@@ -250,9 +277,16 @@ class Synthetic(datasets.GeneratorBasedBuilder):
             cue, shape, j = cells[int(cell)]
             label = None if j is None else label_of(task_id, cue, shape, c.name)
             if c.name == "re":
-                example = re_sentence(rng, cue) | {"relation": label or "None", "aux_images": []}
+                reverse = bool(rng.random() < c.reversed_rate)
+                example = re_sentence(rng, cue, reverse) | {"relation": "None" if reverse or label is None else label,
+                                                            "aux_images": []}
             else:
-                example = ner_sentence(rng, cue, label)
+                second = None
+                if rng.random() < 0.5:  # a second titled person in the same image (§ module docstring)
+                    title = cells[int(rng.integers(len(cells)))][0]
+                    j2 = next(j for cue2, shape2, j in cells if (cue2, shape2) == (title, shape))
+                    second = (title, None if j2 is None else label_of(task_id, title, shape, c.name))
+                example = ner_sentence(rng, cue, label, second)
             png = draw_image(rng, shape, c.image_size)
             image_id = f"{c.name}-{c.seed}-{split}-{task_id}-{i}.png"
             keep = rng.random() >= c.missing_image_rate
