@@ -168,19 +168,24 @@ def _filler(rng: np.random.Generator, most: int) -> list[str]:
 
 
 def re_sentence(rng: np.random.Generator, verb: str, reverse: bool = False) -> dict:
-    """``[filler] head verb tail [filler]`` or ``[filler] with tail , head verb [filler]``.
+    """``[filler] [title] head verb [title] tail [filler]`` or ``[filler] with [title] tail , [title] head verb [filler]``.
 
-    ``reverse``: the verb's object gets the head markers and its subject the tail markers.
+    The optional title words (any of ``TITLES``, half the time each) carry no label: they make RE sentences
+    read like the posts of ``posts.py``, where NER needs them. ``reverse``: the verb's object gets the head
+    markers and its subject the tail markers.
     """
     head = _name(rng)
     tail = _name(rng, avoid=" ".join(head))
+    head_title, tail_title = ([TITLES[int(rng.integers(len(TITLES)))]] if rng.random() < 0.5 else [] for _ in "ht")
     prefix = _filler(rng, 3)
     if rng.random() < 0.5:
-        tokens = prefix + head + [verb] + tail
-        head_start, tail_start = len(prefix), len(prefix) + len(head) + 1
+        tokens = prefix + head_title + head + [verb] + tail_title + tail
+        head_start = len(prefix) + len(head_title)
+        tail_start = head_start + len(head) + 1 + len(tail_title)
     else:
-        tokens = prefix + ["with"] + tail + [","] + head + [verb]
-        tail_start, head_start = len(prefix) + 1, len(prefix) + len(tail) + 2
+        tokens = prefix + ["with"] + tail_title + tail + [","] + head_title + head + [verb]
+        tail_start = len(prefix) + 1 + len(tail_title)
+        head_start = tail_start + len(tail) + 1 + len(head_title)
     tokens += _filler(rng, 3)
     if reverse:
         head, tail, head_start, tail_start = tail, head, tail_start, head_start

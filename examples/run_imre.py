@@ -18,6 +18,10 @@ DEFAULTS = {
     "output_dir": "outputs/imre",
     "benchmark_config": "re",
     "max_text_length": 80,
+    # Relations are directed; the paper's CLS features (§2.4) do not learn direction at demo scale (a reversed
+    # pair judged right 21/46 vs 43/46 with entity markers, tests/test_pipeline.py), so the demo pools the markers.
+    # examples/configs/imre_sep10_paper.json keeps "cls".
+    "re_pooling": "entity",
     "modulation_alpha": 0.1,  # IMRE settings of the paper (analysis §7)
     "distillation_weight": 1.0,
 }

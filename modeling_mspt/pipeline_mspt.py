@@ -36,6 +36,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.utils import logging
 from transformers.utils.logging import tqdm
 
+from .configuration_mspt import MSPTConfig
 from .modeling_mspt import MSPTForRelationExtraction, MSPTForTokenClassification
 from .processing_mspt import MSPTProcessor
 
@@ -93,9 +94,10 @@ class MSPTKnowledgeGraphPipeline(Pipeline):
             ner_dir, re_dir = os.path.join(folder, "ner"), os.path.join(folder, "re")
             if re_model is None and os.path.isdir(ner_dir) and os.path.isdir(re_dir):
                 folder, re_model = ner_dir, re_dir
-            model = MSPTForTokenClassification.from_pretrained(folder)
+            model = _NERCheckpoint.from_pretrained(folder)
             processor = processor or MSPTProcessor.from_pretrained(folder)
         if isinstance(re_model, (str, os.PathLike)):
+            _check_checkpoint(re_model, "MSPTForRelationExtraction", "re_model")
             re_processor = re_processor or MSPTProcessor.from_pretrained(re_model)
             re_model = MSPTForRelationExtraction.from_pretrained(re_model)
         if re_model is None or processor is None or re_processor is None:
@@ -108,10 +110,7 @@ class MSPTKnowledgeGraphPipeline(Pipeline):
             # the class of the model object, or the one its checkpoint was saved from (swapped ner/re directories)
             saved = getattr(loaded.config, "architectures", None) or [type(loaded).__name__]
             if type(loaded).__name__ != expected or expected not in saved:
-                raise ValueError(
-                    f"`{name}` must be an {expected} (the {'NER' if name == 'model' else 'RE'} model), got "
-                    f"{type(loaded).__name__} from a checkpoint of {saved[0]}; are the NER and RE models swapped?"
-                )
+                raise _swapped(name, expected, f"{type(loaded).__name__} from a checkpoint of {saved[0]}")
         super().__init__(model=model, processor=processor, **kwargs)
         self.model.eval()
         self.re_model = re_model.to(self.device).eval()
@@ -298,6 +297,28 @@ class MSPTKnowledgeGraphPipeline(Pipeline):
                 "image_missing": post.image_missing, "warnings": post.warnings, "error": post.error}  # fmt: skip
 
 
+def _swapped(name: str, expected: str, got: str) -> ValueError:
+    return ValueError(f"`{name}` must be an {expected} (the {'NER' if name == 'model' else 'RE'} model), got {got}; "
+                      "are the NER and RE models swapped?")  # fmt: skip
+
+
+def _check_checkpoint(path, expected: str, name: str) -> None:
+    """Refuse a checkpoint saved from another head before its weights are loaded (their shapes would not match)."""
+    saved = MSPTConfig.from_pretrained(path).architectures or []
+    if saved and expected not in saved:
+        raise _swapped(name, expected, f"a checkpoint of {saved[0]} ({os.fspath(path)})")
+
+
+class _NERCheckpoint:
+    """How the NER model is loaded, also by `transformers.pipeline(KG_TASK, model=<dir>)` (the registered
+    `pt_model`): the checkpoint's `architectures` is read first, so swapped NER/RE directories get a clear error."""
+
+    @classmethod
+    def from_pretrained(cls, path, *args, **kwargs):
+        _check_checkpoint(path, "MSPTForTokenClassification", "model")
+        return MSPTForTokenClassification.from_pretrained(path, *args, **kwargs)
+
+
 def _report(post: _Post) -> _Post:
     for problem in ([post.error] if post.error else []) + post.warnings:
         logger.warning(f"post {post.id!r}: {problem}")
@@ -346,7 +367,7 @@ def _bio_spans(tags: list[str], scores: list[float]) -> list[tuple[int, int, str
 
 if KG_TASK not in PIPELINE_REGISTRY.get_supported_tasks():
     PIPELINE_REGISTRY.register_pipeline(
-        KG_TASK, pipeline_class=MSPTKnowledgeGraphPipeline, pt_model=MSPTForTokenClassification, type="multimodal"
+        KG_TASK, pipeline_class=MSPTKnowledgeGraphPipeline, pt_model=_NERCheckpoint, type="multimodal"
     )
 
 __all__ = ["KG_TASK", "MSPTKnowledgeGraphPipeline"]

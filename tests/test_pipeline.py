@@ -2,16 +2,13 @@
 batching, bad input, the graph files (JSON Lines, Turtle) and examples/build_kg.py.
 
 Quality thresholds (measured numbers beside them; the models are trained once per session by the example scripts,
-seed 0, task 0 of the synthetic benchmark, 300 examples x 20 epochs, hidden size 32: about 20 s each):
+seed 0, task 0 of the synthetic benchmark, 600 examples x 40 epochs, the default tiny model with entity-marker
+pooling (`--re_pooling entity`): about 75 s for the two, side by side):
 
-- Entities (NER stage, from text + image): typed exact-span precision / recall. The synthetic NER benchmark never
-  holds two entities in one sentence (the second name is always an untagged distractor), so the model tags the
-  first titled name of a post only: recall cannot pass about 0.5 on these two-entity posts.
-- Triples (RE stage, entities given as `entity_spans`): the synthetic RE benchmark never shows a pair in reverse
-  order, so the model gives (A, r, B) and (B, r, A) the same relation: triples are scored in both directions
-  (unordered), and directed precision cannot pass about 0.5.
-- End to end (NER, then RE on the entities found) few triples come out of these posts, for the NER reason above:
-  the scores are printed (`-s`), not asserted.
+- Entities (NER stage, from text + image): typed exact-span precision / recall.
+- Triples with the entities given (`entity_spans`, RE stage only) and end to end (NER, then RE on every ordered pair
+  of the entities found): directed, so (B, r, A) for a true (A, r, B) is an error. The synthetic RE benchmark
+  reverses a fifth of its pairs (labelled None) so that direction can be learned.
 - A randomly initialised pair of models must fail the thresholds (so they can fail).
 """
 
@@ -37,19 +34,19 @@ from modeling_mspt import (
 from modeling_mspt.graph_mspt import MSPTKnowledgeGraph, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN = ["--synthetic_num_tasks", "1", "--synthetic_train_per_task", "300", "--synthetic_test_per_task", "20",
-         "--num_train_epochs", "20", "--tiny_hidden_size", "32", "--save_strategy", "no",
+TRAIN = ["--synthetic_num_tasks", "1", "--synthetic_train_per_task", "600", "--synthetic_test_per_task", "20",
+         "--num_train_epochs", "40", "--re_pooling", "entity", "--save_strategy", "no",
          "--disable_tqdm", "true"]  # fmt: skip
-NUM_POSTS = 40
-# Thresholds. Measured with these models (training seed 0) on these 40 posts (seed 1): entities P 0.556 R 0.351;
-# triples with the entities given, unordered P 0.917 R 0.917, directed P 0.458 R 0.917 (end to end, NER then RE:
-# P 0.50 R 0.04, not asserted: see the module docstring). Over training seeds 0-2 x post seeds 1-5 the lowest were
-# entities P 0.477 R 0.306, triples P 0.632 R 0.571, directed R 0.571; random models score entities P <= 0.04 and
-# no triple. The thresholds sit under those lows.
-ENTITY_PRECISION, ENTITY_RECALL = 0.40, 0.25
-TRIPLE_PRECISION, TRIPLE_RECALL = 0.50, 0.50  # unordered, entities given
-DIRECTED_RECALL = 0.50
-
+NUM_POSTS = 80
+# Thresholds. Measured with these models (training seed 0) on these 80 posts (seed 1): entities P 0.92 R 0.91;
+# triples with the entities given P 0.75 R 0.68; end to end P 0.70 R 0.64 (printed with `-s`). Over training seeds 0-1 x 40 posts of seeds 1-5 the
+# lowest were entities P 0.79 R 0.82; triples with the entities given P 0.67 R 0.62; end to end P 0.50 R 0.56
+# (medians 0.90 / 0.89, 0.81 / 0.81, 0.76 / 0.72). Random models score entities P <= 0.04 and no triple. With the
+# paper's CLS pooling the same budget does not learn direction (given-entities precision 0.41-0.42, a reversed pair
+# is judged right 21 times in 46), hence `--re_pooling entity`, also the RE example's default.
+ENTITY_PRECISION, ENTITY_RECALL = 0.70, 0.70
+TRIPLE_PRECISION, TRIPLE_RECALL = 0.55, 0.55  # directed, entities given
+END_TO_END_PRECISION, END_TO_END_RECALL = 0.45, 0.45  # directed, NER then RE
 
 @pytest.fixture(scope="session")
 def kg_models(tmp_path_factory):
@@ -86,10 +83,8 @@ def inputs(posts, gold_entities=False):
 
 
 def scores(pipe, posts):
-    entities = score_posts(posts, pipe(inputs(posts)))
-    triples = score_posts(posts, pipe(inputs(posts, gold_entities=True)), directed=False)
-    directed = score_posts(posts, pipe(inputs(posts, gold_entities=True)))
-    return entities, triples, directed
+    """(NER then RE: entity and end-to-end triple scores, RE on the true entities: triple scores), all directed."""
+    return score_posts(posts, pipe(inputs(posts))), score_posts(posts, pipe(inputs(posts, gold_entities=True)))
 
 
 def test_task_is_registered_and_found_by_transformers_pipeline(pipe):
@@ -107,13 +102,13 @@ def test_swapped_models_are_refused(kg_models):
 
 
 def test_recovers_known_entities_and_triples(pipe, posts):
-    entities, triples, directed = scores(pipe, posts)
-    end_to_end = score_posts(posts, pipe(inputs(posts)), directed=False)
-    print("entities", entities, "\ntriples (unordered)", triples, "\ntriples (directed)", directed,
-          "\nend to end", end_to_end)  # fmt: skip
-    assert entities["entity_precision"] >= ENTITY_PRECISION and entities["entity_recall"] >= ENTITY_RECALL, entities
-    assert triples["triple_precision"] >= TRIPLE_PRECISION and triples["triple_recall"] >= TRIPLE_RECALL, triples
-    assert directed["triple_recall"] >= DIRECTED_RECALL, directed
+    end_to_end, given = scores(pipe, posts)
+    print("end to end", end_to_end, "\nentities given", given)
+    assert end_to_end["entity_precision"] >= ENTITY_PRECISION, end_to_end
+    assert end_to_end["entity_recall"] >= ENTITY_RECALL, end_to_end
+    assert given["triple_precision"] >= TRIPLE_PRECISION and given["triple_recall"] >= TRIPLE_RECALL, given
+    assert end_to_end["triple_precision"] >= END_TO_END_PRECISION, end_to_end
+    assert end_to_end["triple_recall"] >= END_TO_END_RECALL, end_to_end
 
 
 def test_untrained_models_fail_the_thresholds(pipe, posts):
@@ -122,9 +117,10 @@ def test_untrained_models_fail_the_thresholds(pipe, posts):
         model=MSPTForTokenClassification(pipe.model.config), processor=pipe.processor,
         re_model=MSPTForRelationExtraction(pipe.re_model.config), re_processor=pipe.re_processor, device="cpu",
     )  # fmt: skip
-    entities, triples, _ = scores(untrained, posts)
-    assert entities["entity_precision"] < ENTITY_PRECISION or entities["entity_recall"] < ENTITY_RECALL, entities
-    assert triples["triple_precision"] < TRIPLE_PRECISION or triples["triple_recall"] < TRIPLE_RECALL, triples
+    end_to_end, given = scores(untrained, posts)
+    assert end_to_end["entity_precision"] < ENTITY_PRECISION or end_to_end["entity_recall"] < ENTITY_RECALL
+    assert given["triple_precision"] < TRIPLE_PRECISION or given["triple_recall"] < TRIPLE_RECALL, given
+    assert end_to_end["triple_precision"] < END_TO_END_PRECISION or end_to_end["triple_recall"] < END_TO_END_RECALL
 
 
 def test_outputs_are_consistent_and_carry_provenance(pipe, posts):
@@ -179,7 +175,7 @@ def count_forward_calls(pipe, *args, **kwargs):
 
 def test_batches_posts_and_pairs_and_results_do_not_depend_on_batch_size(pipe, posts):
     tagged, calls = count_forward_calls(pipe, inputs(posts), batch_size=16, threshold=0.0)
-    assert calls == {"ner": 3, "re": -(-sum(len(r["entities"]) * (len(r["entities"]) - 1) for r in tagged) // 64)}
+    assert calls == {"ner": -(-len(posts) // 16), "re": -(-sum(len(r["entities"]) * (len(r["entities"]) - 1) for r in tagged) // 64)}
     given, calls = count_forward_calls(pipe, inputs(posts, gold_entities=True), re_batch_size=32, threshold=0.0)
     pairs = sum(len(p["entities"]) * (len(p["entities"]) - 1) for p in posts)
     assert pairs > 32 and calls == {"ner": 0, "re": -(-pairs // 32)}  # every ordered pair, 32 per forward pass
