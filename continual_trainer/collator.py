@@ -2,11 +2,14 @@
 
 import torch
 
+from .teacher_cache import ROW_INDEX
+
 
 class MSPTDataCollator:
     """RE rows: `tokens`, `head_start/end`, `tail_start/end`, `relation`, `image`. NER rows: `tokens`, `ner_tags`,
     `image`. With `with_task_ids`, the batch also carries `task_id` (popped by the evaluation loop, never fed to
-    the model)."""
+    the model). Rows with a `row_index` (the trainer's teacher cache, `teacher_cache.ROW_INDEX`) pass it on; the
+    trainer pops it before the model's forward."""
 
     def __init__(self, processor, task_type: str, with_task_ids: bool = False):
         if task_type not in ("re", "ner"):
@@ -26,6 +29,8 @@ class MSPTDataCollator:
         else:
             batch = self.processor(words, images=images, word_labels=[row["ner_tags"] for row in rows])
         batch = dict(batch)
+        if ROW_INDEX in rows[0]:
+            batch[ROW_INDEX] = torch.tensor([row[ROW_INDEX] for row in rows])
         if self.with_task_ids:
             batch["task_id"] = torch.tensor([row["task_id"] for row in rows])
         return batch

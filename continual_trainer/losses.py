@@ -6,14 +6,18 @@ import torch.nn.functional as F
 
 
 # ----------------------------------------------------------------------------------------- gradient modulation (§3)
-def modality_scores(text_logits, vision_logits, labels):
+def modality_scores(text_logits, vision_logits, labels, image_mask=None):
     """s_m = Σ_i softmax(o^m_i)[y_i] over the batch (§3.1 step 2), vectorised.
 
     text_logits / vision_logits: [B, C] (RE) or [B, L, C] (NER); labels: [B] or [B, L] with -100 for positions that do
-    not count (NER: only word starts count, D21 fixed). Returns a tensor [2] = (s_text, s_vision), no gradient.
+    not count (NER: only word starts count, D21 fixed). image_mask [B]: samples with 0 (no image) do not count in
+    either score: their vision logits are only the bias, and counting them would make text look dominant (the
+    reference scores every sample). Returns a tensor [2] = (s_text, s_vision), no gradient.
     """
     with torch.no_grad():
         valid = labels != -100
+        if image_mask is not None:
+            valid = valid & image_mask.bool().view(-1, *([1] * (labels.dim() - 1)))
         index = labels.clamp(min=0).unsqueeze(-1)
         scores = [
             (logits.float().softmax(-1).gather(-1, index).squeeze(-1) * valid).sum()
@@ -25,21 +29,41 @@ def modality_scores(text_logits, vision_logits, labels):
 def modulation_coefficients(score_text, score_vision, alpha, eps=1e-12):
     """OGM-GE coefficients (§3.1 steps 3-4): ρ_v = s_v / s_t; the dominant modality gets k = 1 - tanh(α·ρ), the other 1.
 
-    As in the reference, at exact balance (ρ_v = 1) the text branch fires (D29). Tensors in, tensors out (no host
-    sync): returns (rho_vision, k_text, k_vision).
+    As in the reference, at exact balance (ρ_v = 1) the text branch fires (D29). When both scores are 0 (nothing was
+    scored) every output is 1. Tensors in, tensors out (no host sync): returns (rho_vision, k_text, k_vision).
     """
     rho_v = score_vision / score_text.clamp_min(eps)
     vision_dominates = rho_v > 1
     one = torch.ones_like(rho_v)
     k_vision = torch.where(vision_dominates, 1 - torch.tanh(alpha * rho_v), one)
     k_text = torch.where(vision_dominates, one, 1 - torch.tanh(alpha / rho_v.clamp_min(eps)))
-    return rho_v, k_text, k_vision
+    # No sample counted (e.g. a step whose samples all lack an image, see `modality_scores`): no evidence, k = 1.
+    empty = (score_text <= 0) & (score_vision <= 0)
+    return torch.where(empty, one, rho_v), torch.where(empty, one, k_text), torch.where(empty, one, k_vision)
 
 
 # ------------------------------------------------------------------------------------ attention distillation (§4)
-def _pool(maps, pooling):
-    """maps [B, H, L, L] (padded entries already 0) -> [B, H·L]: width sums over keys, height over queries (D3)."""
-    return maps.sum(dim=-1 if pooling == "width" else -2).flatten(1)
+def _poolings(pooling):
+    return ("width", "height") if pooling == "both" else (pooling,)
+
+
+def attention_profiles(maps, pooling="width"):
+    """Pooled profiles of one modality's maps: a sequence (layers) of [B, H, L, L] (padded entries 0) ->
+    [B, layers, P, H, L], P = 1 (`"width"`: sum over keys, `"height"`: over queries) or 2 (`"both"`). Padded positions
+    stay 0, so profiles of different padded lengths compare after zero-padding (the trainer caches the teacher's)."""
+    poolings = _poolings(pooling)
+    return torch.stack([torch.stack([m.sum(dim=-1 if p == "width" else -2) for p in poolings], 1) for m in maps], 1)
+
+
+def profile_distillation(student, teacher, normalisation="teacher"):
+    """The loss of `attention_distillation` on pooled profiles [B, layers, P, H, L] (`attention_profiles`)."""
+    s, t = student.flatten(3), teacher.flatten(3)  # [B, layers, P, H·L]
+    if normalisation == "teacher":
+        scale = t.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        s, t = s / scale, t / scale
+    else:
+        s, t = F.normalize(s, dim=-1), F.normalize(t, dim=-1)
+    return F.relu(t - s).norm(dim=-1).mean(0).sum() / s.shape[1]  # mean over samples, sum over poolings, / layers
 
 
 def attention_distillation(student_maps, teacher_maps, pooling="width", normalisation="teacher"):
@@ -55,19 +79,12 @@ def attention_distillation(student_maps, teacher_maps, pooling="width", normalis
     normalised old entries and is penalised as if it were lost.
 
     student_maps / teacher_maps: sequences of [B, H, L, L] tensors, one per layer (one modality). Returns a scalar.
+    Equal to `profile_distillation(attention_profiles(student_maps), attention_profiles(teacher_maps))`.
     """
-    poolings = ("width", "height") if pooling == "both" else (pooling,)
-    per_layer = []
-    for student, teacher in zip(student_maps, teacher_maps, strict=True):
-        for p in poolings:
-            s, t = _pool(student, p), _pool(teacher, p)
-            if normalisation == "teacher":
-                scale = t.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-                s, t = s / scale, t / scale
-            else:
-                s, t = F.normalize(s, dim=-1), F.normalize(t, dim=-1)
-            per_layer.append(F.relu(t - s).norm(dim=-1).mean())
-    return torch.stack(per_layer).sum() / len(student_maps)
+    if len(student_maps) != len(teacher_maps):
+        raise ValueError(f"{len(student_maps)} student layers but {len(teacher_maps)} teacher layers")
+    return profile_distillation(attention_profiles(student_maps, pooling), attention_profiles(teacher_maps, pooling),
+                                normalisation)  # fmt: skip
 
 
 def reference_attention_distillation(student_maps, teacher_maps, pooling="width"):
@@ -75,13 +92,16 @@ def reference_attention_distillation(student_maps, teacher_maps, pooling="width"
     matrix / 100, mean over layers. Its value is sqrt(#non-zero rows) / 100, so its gradient is zero (D2). Pooling
     uses our [B, H, L, L] layout over valid positions (D3, D4 fixed); the normalisation is the reference's. Ablation
     only."""
-    poolings = ("width", "height") if pooling == "both" else (pooling,)
-    per_layer = []
-    for student, teacher in zip(student_maps, teacher_maps, strict=True):
-        for p in poolings:
-            diff = F.relu(_pool(teacher, p) - _pool(student, p))
-            per_layer.append(torch.linalg.matrix_norm(F.normalize(diff, dim=1)) / 100)
-    return torch.stack(per_layer).sum() / len(student_maps)
+    if len(student_maps) != len(teacher_maps):
+        raise ValueError(f"{len(student_maps)} student layers but {len(teacher_maps)} teacher layers")
+    return reference_profile_distillation(attention_profiles(student_maps, pooling),
+                                          attention_profiles(teacher_maps, pooling))  # fmt: skip
+
+
+def reference_profile_distillation(student, teacher):
+    """`reference_attention_distillation` on pooled profiles [B, layers, P, H, L] (`attention_profiles`)."""
+    diff = F.relu(teacher - student).flatten(3).transpose(0, 2)  # [P, layers, B, H·L]
+    return (torch.linalg.matrix_norm(F.normalize(diff, dim=-1)) / 100).sum() / student.shape[1]
 
 
 # ------------------------------------------------------------------------------------------------------ baselines

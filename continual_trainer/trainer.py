@@ -20,15 +20,17 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from .collator import MSPTDataCollator
 from .losses import (
-    attention_distillation,
+    attention_profiles,
     ewc_penalty,
     lwf_loss,
     modality_scores,
     modulation_coefficients,
-    reference_attention_distillation,
+    profile_distillation,
+    reference_profile_distillation,
 )
 from .metrics import METRIC_DEFINITIONS, continual_summary, score_task
 from .replay import ReplayMemory
+from .teacher_cache import ROW_INDEX, TeacherProfiles
 from .state import RUN_NAME, ContinualState, describe_benchmark, finished_tasks, read_run, task_dir, write_run
 
 logger = logging.getLogger(__name__)
@@ -80,6 +82,8 @@ class ContinualTrainer(Trainer):
         self._metrics = defaultdict(list)
         self._phase = "task"
         self._label_mask = None
+        self._old_labels = None  # label ids seen before the current task (LwF distils these only)
+        self._teacher_profiles = None  # TeacherProfiles of the rows of the current fit, or None
         self._scores = None  # modality scores summed over the micro-batches of one optimizer step
         self._fixed_coefficients = None  # paper schedule from task 2 on: (k_text, k_vision)
         self._step_records = []  # per optimizer step: (rho_vision, k_text, k_vision, k_text applied, k_vision applied)
@@ -118,24 +122,38 @@ class ContinualTrainer(Trainer):
     # --------------------------------------------------------------------------------------------------- losses
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         args = self.args
+        rows = inputs.pop(ROW_INDEX, None)
         distill = self.teacher is not None and args.distillation_weight > 0 and self._phase == "task"
         lwf = self.teacher is not None and args.lwf_weight > 0 and self._phase == "task"
+        cached = distill and self._teacher_profiles is not None and rows is not None
         extra = {} if self._label_mask is None else {"label_mask": self._label_mask}
         outputs = model(**inputs, **extra, output_interaction_attentions=distill)
         loss = outputs.loss
         self._metrics["task_loss"].append(loss.detach())
-        if distill or lwf:
+        if lwf or (distill and not cached):
             with torch.no_grad():
                 teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-                teacher = self.teacher(**teacher_inputs, **extra, output_interaction_attentions=distill)
+                if outputs.logits.dim() == 3:  # NER: the teacher's Viterbi tags are not needed
+                    teacher_inputs["return_tags"] = False
+                teacher = self.teacher(**teacher_inputs, **extra, output_interaction_attentions=distill and not cached)
         if distill:
-            s, t = outputs.interaction_attentions, teacher.interaction_attentions
-            term = sum(self._distillation(a, b) for a, b in ((s.text, t.text), (s.vision, t.vision)))
+            pooling, maps = args.distillation_pooling, outputs.interaction_attentions
+            student = (attention_profiles(maps.text, pooling), attention_profiles(maps.vision, pooling))
+            if cached:
+                target = self._teacher_profiles.gather(rows, student[0].shape[-1], student[1].shape[-1])
+            else:
+                t = teacher.interaction_attentions
+                target = (attention_profiles(t.text, pooling), attention_profiles(t.vision, pooling))
+            term = sum(self._distillation(a, b) for a, b in zip(student, target))
             loss = loss + args.distillation_weight * term
             self._metrics["distillation_loss"].append(term.detach())
         if lwf:
             valid = inputs["labels"] != -100 if outputs.logits.dim() == 3 else None
-            term = lwf_loss(outputs.logits, teacher.logits, args.lwf_temperature, valid)
+            student_logits, teacher_logits = outputs.logits, teacher.logits
+            if self._old_labels is not None:  # class-incremental LwF: the labels the teacher was trained on
+                student_logits = student_logits.index_select(-1, self._old_labels)
+                teacher_logits = teacher_logits.index_select(-1, self._old_labels)
+            term = lwf_loss(student_logits, teacher_logits, args.lwf_temperature, valid)
             loss = loss + args.lwf_weight * term
             self._metrics["lwf_loss"].append(term.detach())
         if self._ewc is not None and args.ewc_lambda > 0:
@@ -143,15 +161,16 @@ class ContinualTrainer(Trainer):
             loss = loss + args.ewc_lambda * term
             self._metrics["ewc_penalty"].append(term.detach())
         if args.gradient_modulation and model.training:
-            scores = modality_scores(outputs.text_logits, outputs.vision_logits, inputs["labels"])
+            scores = modality_scores(outputs.text_logits, outputs.vision_logits, inputs["labels"],
+                                     inputs.get("image_mask"))  # fmt: skip
             self._scores = scores if self._scores is None else self._scores + scores
         return (loss, outputs) if return_outputs else loss
 
-    def _distillation(self, student_maps, teacher_maps):
-        impl, pooling = self.args.distillation_impl, self.args.distillation_pooling
+    def _distillation(self, student_profiles, teacher_profiles):
+        impl = self.args.distillation_impl
         if impl == "reference":
-            return reference_attention_distillation(student_maps, teacher_maps, pooling)
-        return attention_distillation(student_maps, teacher_maps, pooling, "teacher" if impl == "asymmetric" else "separate")
+            return reference_profile_distillation(student_profiles, teacher_profiles)
+        return profile_distillation(student_profiles, teacher_profiles, "teacher" if impl == "asymmetric" else "separate")
 
     # ------------------------------------------------------------------------------------- gradient modulation
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -256,8 +275,18 @@ class ContinualTrainer(Trainer):
     def _fit(self, dataset, output_dir, epochs, resume):
         self.args.output_dir = output_dir
         self.args.num_train_epochs = epochs
-        self.train_dataset = dataset
         self.optimizer, self.lr_scheduler = None, None  # a fresh optimizer and schedule per task
+        self._teacher_profiles = None
+        distill = self.teacher is not None and self.args.distillation_weight > 0 and self._phase == "task"
+        if distill and self.args.cache_teacher_attention:
+            dataset = dataset.add_column(ROW_INDEX, np.arange(len(dataset)))
+            self._teacher_profiles = TeacherProfiles.build(
+                self.teacher, dataset, self.data_collator, self.args.distillation_pooling,
+                self.args.per_device_eval_batch_size, self.args.device,
+            )  # fmt: skip
+            logger.info("Teacher attention profiles of %d rows cached (%.1f MiB)", len(dataset),
+                        self._teacher_profiles.nbytes / 2**20)  # fmt: skip
+        self.train_dataset = dataset
         self._step_records = []
         self._metrics.clear()
         checkpoint = None
@@ -292,6 +321,11 @@ class ContinualTrainer(Trainer):
     # ------------------------------------------------------------------------------------------------- helpers
     def _set_label_mask(self, k):
         self._label_mask = None
+        names = self.benchmark.label_names
+        old = set(self.benchmark.seen_labels(k - 1)) | {names[0]} if k > 0 else None
+        self._old_labels = None if old is None else torch.tensor(
+            [i for i, name in enumerate(names) if name in old], device=self.args.device
+        )  # fmt: skip
         if self.args.mask_unseen_labels:
             seen = set(self.benchmark.seen_labels(k)) | {self.benchmark.label_names[0]}  # None / O always allowed
             mask = [name in seen for name in self.benchmark.label_names]
@@ -337,30 +371,29 @@ class ContinualTrainer(Trainer):
             self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
 
     def _update_ewc(self, dataset):
-        """Diagonal Fisher from squared gradients on `ewc_fisher_batches` training batches; summed over tasks."""
-        model = self.model
+        """Diagonal empirical Fisher, the mean of squared per-example gradients on `ewc_fisher_samples` training rows
+        (a seeded draw, split over the ranks); summed over tasks. Per example: the square of a batch-mean gradient
+        would be about 1/batch of it (benchmarks/RESULTS.md §5)."""
+        model, args = self.model, self.args
         params = [p for p in model.parameters() if p.requires_grad]
         fisher = [torch.zeros_like(p) for p in params]
-        generator = torch.Generator().manual_seed(self.args.seed)
-        loader = DataLoader(dataset, batch_size=self.args.per_device_train_batch_size, shuffle=True,
-                            generator=generator, collate_fn=self.data_collator)  # fmt: skip
+        count = min(args.ewc_fisher_samples, len(dataset))
+        order = np.random.default_rng([args.seed, len(dataset)]).permutation(len(dataset))[:count]
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        loader = DataLoader(dataset.select(order[rank::world]), batch_size=1, collate_fn=self.data_collator)
         was_training = model.training
         model.eval()
-        batches = 0
         for batch in loader:
-            if batches == self.args.ewc_fisher_batches:
-                break
             model.zero_grad()
-            model(**{k: v.to(self.args.device) for k, v in batch.items()}).loss.backward()
+            model(**{k: v.to(args.device) for k, v in batch.items()}).loss.backward()
             for f, p in zip(fisher, params):
                 if p.grad is not None:
                     f.add_(p.grad.detach() ** 2)
-            batches += 1
         model.zero_grad()
         model.train(was_training)
-        fisher = [f / max(batches, 1) for f in fisher]
-        if self.accelerator.num_processes > 1:
-            fisher = [self.accelerator.reduce(f, reduction="mean") for f in fisher]
+        if world > 1:
+            fisher = [self.accelerator.reduce(f, reduction="sum") for f in fisher]
+        fisher = [f / max(count, 1) for f in fisher]
         if self._ewc is not None:
             fisher = [f + old for f, old in zip(fisher, self._ewc[1])]
         self._ewc_params = params

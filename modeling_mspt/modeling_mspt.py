@@ -266,6 +266,9 @@ def _mask_labels(logits, label_mask):
 
 def _check_labels(labels, num_labels, valid):
     bad = valid & ((labels < 0) | (labels >= num_labels))
+    if labels.device.type == "cuda":  # no host sync in the training step: a device-side assert, raised asynchronously
+        torch._assert_async(~bad.any(), "`labels` has ids outside the label space (config.id2label); use -100 to ignore")
+        return
     if bad.any():
         raise ValueError(
             f"`labels` contains {labels[bad][0].tolist()} but the label space has {num_labels} labels "
@@ -378,12 +381,14 @@ class MSPTForTokenClassification(MSPTPreTrainedModel):
         labels: torch.Tensor | None = None,
         label_mask: torch.Tensor | None = None,
         output_interaction_attentions: bool = False,
+        return_tags: bool | None = None,
     ) -> MSPTTokenClassificationOutput:
         r"""
         word_start_mask (`[batch, text_len]`): 1 at the first sub-token of each word (MSPTProcessor gives it). The CRF
             runs over these positions. Without it: `labels != -100` when labels are given, else `attention_mask`.
         labels (`[batch, text_len]`): tag ids at word starts, -100 elsewhere.
         label_mask (`[num_labels]` bool): tags that may be predicted; the others get an emission of -1e4.
+        return_tags (`bool`, *optional*): run the Viterbi decode and return `tags`; default: in eval mode only.
         Other arguments as in [`MSPTModel.forward`].
         """
         if word_start_mask is None:
@@ -412,7 +417,7 @@ class MSPTForTokenClassification(MSPTPreTrainedModel):
             packed_labels = labels.gather(1, order)
             loss = -self.crf.log_likelihood(packed_logits, packed_labels, packed_mask).mean()
         tags = None
-        if not self.training:
+        if (not self.training) if return_tags is None else return_tags:
             packed_tags = self.crf.decode(packed_logits, packed_mask).masked_fill(~packed_mask, -100)
             tags = torch.full_like(input_ids, -100).scatter(1, order, packed_tags)
         return MSPTTokenClassificationOutput(

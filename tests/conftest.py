@@ -98,5 +98,5 @@ def tiny_args(output_dir, strategy="mspt", **kwargs):
 
     defaults = dict(num_train_epochs=1, per_device_train_batch_size=16, per_device_eval_batch_size=32,
                     learning_rate=3e-3, logging_steps=2, save_strategy="no", report_to="none", use_cpu=True,
-                    seed=0, disable_tqdm=True, ewc_fisher_batches=2)  # fmt: skip
+                    seed=0, disable_tqdm=True, ewc_fisher_samples=16)  # fmt: skip
     return ContinualTrainingArguments(output_dir=str(output_dir), strategy=strategy, **{**defaults, **kwargs})

@@ -117,3 +117,15 @@ def test_continual_summary_by_hand():
     assert summary["average_incremental"] == pytest.approx((0.9 + 0.7 + 0.6) / 3)
     assert summary["forgetting"] == pytest.approx(((0.9 - 0.5) + (0.8 - 0.7)) / 2)
     assert summary["bwt"] == pytest.approx(((0.5 - 0.9) + (0.7 - 0.8)) / 2)
+
+
+def test_samples_without_image_do_not_count_in_modality_scores():
+    text = torch.log(torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]]))
+    vision = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.2, 0.2, 0.6], [0.9, 0.05, 0.05]]))
+    scores = modality_scores(text, vision, torch.tensor([0, 1, 2]), image_mask=torch.tensor([1, 0, 1]))
+    torch.testing.assert_close(scores, torch.tensor([0.7 + 0.4, 0.5 + 0.05]))
+    ner = modality_scores(text.unsqueeze(0), vision.unsqueeze(0), torch.tensor([[2, -100, 0]]), torch.tensor([0]))
+    assert ner.tolist() == [0.0, 0.0]
+    # nothing scored (every sample without an image): no evidence, no modulation
+    rho, k_text, k_vision = modulation_coefficients(ner[0], ner[1], 0.3)
+    assert (rho.item(), k_text.item(), k_vision.item()) == (1.0, 1.0, 1.0)
