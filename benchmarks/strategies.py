@@ -52,6 +52,8 @@ TASK_DEFAULTS = {  # examples/run_imre.py and run_imner.py
     "re": dict(modulation_alpha=0.1, distillation_weight=1.0, max_text_length=80),
     "ner": dict(modulation_alpha=0.3, distillation_weight=0.1, max_text_length=128),
 }
+MODEL_DEFAULTS = {"re": {"re_pooling": "entity"}, "ner": {}}  # examples/run_imre.py pools the entity markers
+SYNTHETIC_VERSION = "1.1.0"  # datasets_scripts/synthetic.py: part of every synthetic run's key, so new data reruns
 SGD = dict(optim="sgd", optim_args="momentum=0.9", learning_rate=0.05)
 # name -> (ContinualTrainingArguments overrides, model overrides), all on top of the mspt preset.
 ABLATIONS = {
@@ -95,14 +97,16 @@ class RunSpec:
 # ------------------------------------------------------------------------------------------------- the sweep plan
 def plan(args) -> list[RunSpec]:
     specs = []
-    data = dict(num_tasks=args.num_tasks, train_per_task=args.train_per_task, test_per_task=args.test_per_task)
+    data = dict(num_tasks=args.num_tasks, train_per_task=args.train_per_task, test_per_task=args.test_per_task,
+                version=SYNTHETIC_VERSION)  # fmt: skip
     for suite in args.suite:
         if suite == "presets":
             for task in args.tasks:
                 for seed in args.seeds:
                     for preset in args.presets:
                         training = {"num_train_epochs": args.epochs, **_task_training(task, preset)}
-                        specs.append(RunSpec(suite, "synthetic", task, preset, preset, seed, data, training, {}))
+                        specs.append(RunSpec(suite, "synthetic", task, preset, preset, seed, data, training,
+                                             dict(MODEL_DEFAULTS[task])))  # fmt: skip
         elif suite == "ablations":
             abl_data = dict(data, num_tasks=args.ablation_num_tasks, train_per_task=args.ablation_train_per_task)
             for task in args.ablation_tasks:
@@ -112,7 +116,7 @@ def plan(args) -> list[RunSpec]:
                         training = {"num_train_epochs": args.ablation_epochs or args.epochs,
                                     **_task_training(task, "mspt"), **train_over}  # fmt: skip
                         specs.append(RunSpec(suite, "synthetic", task, name, "mspt", seed, abl_data, training,
-                                             dict(model_over)))  # fmt: skip
+                                             {**MODEL_DEFAULTS[task], **model_over}))  # fmt: skip
         elif suite == "imre":
             imre_data = dict(config="sep5", train_per_task=args.imre_train_per_task)
             if args.imre_test_fraction < 1:
@@ -156,7 +160,11 @@ def load_run_benchmark(spec: RunSpec, cache_dir: str, imre_dir: str):
     from datasets_scripts import load_benchmark
 
     if spec.benchmark == "synthetic":
-        d = spec.data
+        from datasets_scripts.synthetic import Synthetic
+
+        d, version = spec.data, str(Synthetic.BUILDER_CONFIGS[0].version)
+        if d.get("version") != version:
+            raise RuntimeError(f"the synthetic builder is at {version}: set SYNTHETIC_VERSION in {__file__} to it")
         return load_benchmark("synthetic", spec.task, cache_dir=cache_dir, num_tasks=d["num_tasks"],
                               train_per_task=d["train_per_task"], test_per_task=d["test_per_task"],
                               validation_per_task=max(8, d["test_per_task"] // 4), seed=spec.seed)  # fmt: skip

@@ -38,14 +38,19 @@ class TeacherProfiles:
         self.text, self.vision = text, vision
 
     @classmethod
-    @torch.no_grad()
     def build(cls, teacher, dataset, collator, pooling: str, batch_size: int, device) -> "TeacherProfiles":
         """Run `teacher`'s encoder over `dataset` in order (row i of the result is row i of `dataset`)."""
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator)
+        return cls.from_batches(teacher, loader, pooling, device)
+
+    @classmethod
+    @torch.no_grad()
+    def from_batches(cls, teacher, batches, pooling: str, device) -> "TeacherProfiles":
+        """Profiles of the rows of `batches` (collated model inputs; other keys are ignored), in order."""
         encoder = teacher.base_model
         accepted = set(inspect.signature(encoder.forward).parameters)
         text, vision = [], []
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator)
-        for batch in loader:
+        for batch in batches:
             inputs = {k: v.to(device) for k, v in batch.items() if k in accepted}
             maps = encoder(**inputs, output_interaction_attentions=True).interaction_attentions
             text.append(attention_profiles(maps.text, pooling))

@@ -33,7 +33,9 @@ def test_quick_modes_of_both_benchmark_scripts(tmp_path):
     assert [(r["shape"], r["task"]) for r in step["results"]] == [("tiny", "re"), ("tiny", "ner")]
     for result in step["results"]:
         variants = result["variants"]
-        assert set(variants) == {"finetune", "mspt", "eval"}
+        assert set(variants) == {"finetune", "mspt", "mspt_live_teacher", "eval"}
+        assert variants["mspt"]["amortised_ratio_to_finetune"] > variants["mspt"]["time_ratio_to_finetune"]
+        assert variants["mspt"]["cache_bytes_per_row"] > 0 and "cache_bytes_per_row" not in variants["mspt_live_teacher"]
         assert variants["finetune"]["time_ratio_to_finetune"] == 1.0
         assert variants["mspt"]["median_s"] > 0 and variants["mspt"]["n"] == 2
         assert variants["mspt"]["static_bytes"]["teacher"] > 0 == variants["finetune"]["static_bytes"]["teacher"]
