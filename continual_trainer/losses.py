@@ -55,6 +55,12 @@ def attention_profiles(maps, pooling="width"):
     return torch.stack([torch.stack([m.sum(dim=-1 if p == "width" else -2) for p in poolings], 1) for m in maps], 1)
 
 
+def _paired_profiles(student_maps, teacher_maps, pooling):
+    if len(student_maps) != len(teacher_maps):
+        raise ValueError(f"{len(student_maps)} student layers but {len(teacher_maps)} teacher layers")
+    return attention_profiles(student_maps, pooling), attention_profiles(teacher_maps, pooling)
+
+
 def profile_distillation(student, teacher, normalisation="teacher"):
     """The loss of `attention_distillation` on pooled profiles [B, layers, P, H, L] (`attention_profiles`)."""
     s, t = student.flatten(3), teacher.flatten(3)  # [B, layers, P, H·L]
@@ -81,10 +87,7 @@ def attention_distillation(student_maps, teacher_maps, pooling="width", normalis
     student_maps / teacher_maps: sequences of [B, H, L, L] tensors, one per layer (one modality). Returns a scalar.
     Equal to `profile_distillation(attention_profiles(student_maps), attention_profiles(teacher_maps))`.
     """
-    if len(student_maps) != len(teacher_maps):
-        raise ValueError(f"{len(student_maps)} student layers but {len(teacher_maps)} teacher layers")
-    return profile_distillation(attention_profiles(student_maps, pooling), attention_profiles(teacher_maps, pooling),
-                                normalisation)  # fmt: skip
+    return profile_distillation(*_paired_profiles(student_maps, teacher_maps, pooling), normalisation)
 
 
 def reference_attention_distillation(student_maps, teacher_maps, pooling="width"):
@@ -92,10 +95,7 @@ def reference_attention_distillation(student_maps, teacher_maps, pooling="width"
     matrix / 100, mean over layers. Its value is sqrt(#non-zero rows) / 100, so its gradient is zero (D2). Pooling
     uses our [B, H, L, L] layout over valid positions (D3, D4 fixed); the normalisation is the reference's. Ablation
     only."""
-    if len(student_maps) != len(teacher_maps):
-        raise ValueError(f"{len(student_maps)} student layers but {len(teacher_maps)} teacher layers")
-    return reference_profile_distillation(attention_profiles(student_maps, pooling),
-                                          attention_profiles(teacher_maps, pooling))  # fmt: skip
+    return reference_profile_distillation(*_paired_profiles(student_maps, teacher_maps, pooling))
 
 
 def reference_profile_distillation(student, teacher):

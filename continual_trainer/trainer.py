@@ -123,7 +123,7 @@ class ContinualTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         args = self.args
         rows = inputs.pop(ROW_INDEX, None)
-        distill = self.teacher is not None and args.distillation_weight > 0 and self._phase == "task"
+        distill = self._distils()
         lwf = self.teacher is not None and args.lwf_weight > 0 and self._phase == "task"
         cached = distill and self._teacher_profiles is not None and rows is not None
         extra = {} if self._label_mask is None else {"label_mask": self._label_mask}
@@ -165,6 +165,10 @@ class ContinualTrainer(Trainer):
                                      inputs.get("image_mask"))  # fmt: skip
             self._scores = scores if self._scores is None else self._scores + scores
         return (loss, outputs) if return_outputs else loss
+
+    def _distils(self) -> bool:
+        """Attention distillation is on: a teacher, a positive weight, and the task phase (not a replay phase)."""
+        return self.teacher is not None and self.args.distillation_weight > 0 and self._phase == "task"
 
     def _distillation(self, student_profiles, teacher_profiles):
         impl = self.args.distillation_impl
@@ -277,8 +281,7 @@ class ContinualTrainer(Trainer):
         self.args.num_train_epochs = epochs
         self.optimizer, self.lr_scheduler = None, None  # a fresh optimizer and schedule per task
         self._teacher_profiles = None
-        distill = self.teacher is not None and self.args.distillation_weight > 0 and self._phase == "task"
-        if distill and self.args.cache_teacher_attention:
+        if self._distils() and self.args.cache_teacher_attention:
             dataset = dataset.add_column(ROW_INDEX, np.arange(len(dataset)))
             self._teacher_profiles = TeacherProfiles.build(
                 self.teacher, dataset, self.data_collator, self.args.distillation_pooling,
@@ -319,17 +322,15 @@ class ContinualTrainer(Trainer):
             self._save_task(task_dir(self.root_dir, k), state)
 
     # ------------------------------------------------------------------------------------------------- helpers
-    def _set_label_mask(self, k):
-        self._label_mask = None
+    def _seen_mask(self, k) -> torch.Tensor:
+        """[num_labels] bool: the labels of tasks 0..k, and None / O (always allowed)."""
         names = self.benchmark.label_names
-        old = set(self.benchmark.seen_labels(k - 1)) | {names[0]} if k > 0 else None
-        self._old_labels = None if old is None else torch.tensor(
-            [i for i, name in enumerate(names) if name in old], device=self.args.device
-        )  # fmt: skip
-        if self.args.mask_unseen_labels:
-            seen = set(self.benchmark.seen_labels(k)) | {self.benchmark.label_names[0]}  # None / O always allowed
-            mask = [name in seen for name in self.benchmark.label_names]
-            self._label_mask = torch.tensor(mask, device=self.args.device)
+        seen = set(self.benchmark.seen_labels(k)) | {names[0]}
+        return torch.tensor([name in seen for name in names], device=self.args.device)
+
+    def _set_label_mask(self, k):
+        self._label_mask = self._seen_mask(k) if self.args.mask_unseen_labels else None
+        self._old_labels = self._seen_mask(k - 1).nonzero().squeeze(1) if k > 0 else None
 
     def _set_fixed_coefficients(self, state, k):
         """Paper schedule (§3.2): from task 2 on, the mean of the previous tasks' mean coefficients."""
