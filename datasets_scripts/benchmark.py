@@ -88,7 +88,10 @@ def load_benchmark(
         name: ``"imre"`` (configs ``sep5``/``sep7``/``sep10``), ``"imner"`` (``plom``/``polm``) or
             ``"synthetic"`` (``re``/``ner``; no files needed).
         config_name: the builder config; its default when omitted.
-        data_dir: the benchmark's folder (see ``imre``/``imner``); not used by ``synthetic``.
+        data_dir: the benchmark's folder (see ``imre``/``imner``); not used by ``synthetic``. Without it, the text
+            split files of ``imre`` ``sep5``/``sep10`` and ``imner`` ``plom`` are downloaded from the paper's
+            repository at a pinned commit (``$MSPT_DATA_URL`` or ``data_url=`` names a mirror) and checked against
+            pinned SHA-256 sums; images are never downloaded (pass ``image_dir``). ``sep7`` and ``polm`` need it.
         cache_dir: the ``datasets`` cache root; a second call with the same arguments reuses it.
             The cache key holds the data dir, the config, the builder code and the source files' content.
         require_images: raise if any image file is missing, instead of counting them and warning once
@@ -137,14 +140,20 @@ def load_benchmark(
     if missing and require_images:
         raise FileNotFoundError(
             f"{len(missing)} images of {name}/{config_name} are missing (require_images=True); first: "
-            + ", ".join(missing[:5])
+            + ", ".join(missing[:5]) + f". {_images_hint(builder)}."
         )
     if missing:
         logger.warning(
-            "%d images of %s/%s are missing (first: %s); they are fed as zero images with image_mask=0. "
-            "Pass require_images=True to make this an error.", len(missing), name, config_name, missing[0]
+            "%d images of %s/%s are missing (first: %s; %s); they are fed as zero images with image_mask=0. "
+            "Pass require_images=True to make this an error.", len(missing), name, config_name, missing[0],
+            _images_hint(builder),
         )
     return benchmark
+
+
+def _images_hint(builder) -> str:
+    """Where the builder looks for images, or how to give it some (downloaded text has none)."""
+    return builder.images_hint() if hasattr(builder, "images_hint") else "see the builder's image_dir"
 
 
 def _label_names(builder) -> list[str]:

@@ -7,9 +7,12 @@ Every builder yields splits named ``{train,validation,test}_{k}`` for task ``k``
 import hashlib
 import logging
 import os
+import posixpath
 from collections.abc import Iterable, Iterator
 
 import datasets
+
+from .remote import RemoteFile
 
 logger = logging.getLogger(__name__)
 
@@ -53,29 +56,34 @@ def read_lines(path: str) -> Iterator[tuple[int, str]]:
             raise BenchmarkFormatError(path, number, f"not valid UTF-8 ({err.reason})") from None
 
 
-def task_files(folder: str, pattern: str, splits: dict[str, str]) -> list[dict[str, str]]:
+def task_files(folder: str, pattern: str, splits: dict[str, str], names: Iterable[str] | None = None) -> list[dict[str, str]]:
     """Find the per-task files ``pattern.format(split=..., k=...)`` in ``folder``.
 
     ``splits`` maps our split names to the file's split word (e.g. ``{"validation": "val"}``).
-    The task count is what is on disk: tasks 0..T-1 must each have all three files.
+    The task count is what is there: tasks 0..T-1 must each have all three files. ``names`` lists the folder
+    instead of the disk (the pinned files of a download; ``folder`` is then a repository path).
     Returns one ``{split: path}`` dict per task.
     """
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"benchmark folder {folder} does not exist; check data_dir")
+    if names is None:
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"benchmark folder {folder} does not exist; check data_dir")
+        names, join = os.listdir(folder), os.path.join
+    else:
+        names, join = list(names), posixpath.join
     prefix, suffix = pattern.format(split=splits["train"], k="\0").split("\0")
     found = {
-        int(name[len(prefix): len(name) - len(suffix)]) for name in os.listdir(folder)
+        int(name[len(prefix): len(name) - len(suffix)]) for name in names
         if name.startswith(prefix) and name.endswith(suffix) and name[len(prefix): len(name) - len(suffix)].isdigit()
     }
     if not found:
         raise FileNotFoundError(f"no task files in {folder} (expected {pattern.format(split=splits['train'], k=0)}, ...)")
     tasks = []
     for k in range(max(found) + 1):
-        paths = {s: os.path.join(folder, pattern.format(split=splits[s], k=k)) for s in SPLITS}
-        missing = [p for p in paths.values() if not os.path.isfile(p)]
+        files = {s: pattern.format(split=splits[s], k=k) for s in SPLITS}
+        missing = [join(folder, name) for name in files.values() if name not in names]
         if missing:
             raise FileNotFoundError(f"task {k} is incomplete in {folder}: missing {', '.join(missing)}")
-        tasks.append(paths)
+        tasks.append({s: join(folder, name) for s, name in files.items()})
     return tasks
 
 
@@ -90,10 +98,16 @@ def image_value(path: str, embed: bool) -> str | dict | None:
     return path
 
 
-def fingerprint(paths: Iterable[str], folders: Iterable[str] = (), extra: str = "") -> str:
-    """Hash of file contents plus the listing of ``folders`` (so adding images invalidates a cache)."""
+def fingerprint(paths: Iterable["str | RemoteFile"], folders: Iterable[str] = (), extra: str = "") -> str:
+    """Hash of file contents plus the listing of ``folders`` (so adding images invalidates a cache).
+
+    A ``RemoteFile`` (a pinned download) counts by its URL and its pinned content hash: no download needed.
+    """
     h = hashlib.sha256(extra.encode())
-    for path in sorted(paths):
+    for path in sorted(paths, key=str):
+        if isinstance(path, RemoteFile):
+            h.update(f"{path.url}\0".encode() + bytes.fromhex(path.sha256))
+            continue
         h.update(os.path.basename(path).encode())
         with open(path, "rb") as f:
             h.update(hashlib.sha256(f.read()).digest())

@@ -10,6 +10,10 @@ CoNLL style: an ``IMGID:<id>`` line, one ``word<TAB>tag`` line per word, a blank
 sentence. ``OTHER`` is read as ``MISC``. Train/valid files tag only the task's type; every test
 file holds the same sentences, tagged for the types seen so far. A test sentence's ``task_id`` is
 the first task whose test file tags an entity in it (``-1``: never). See reference analysis §9.2.
+
+Without ``data_dir`` the ``sep-PLOM`` files are downloaded from the paper's repository at a pinned commit and
+checked against pinned SHA-256 sums (``remote``); images stay the user's (``image_dir``). ``polm``
+(``sep-POLM-NEW``) is not pinned and needs ``data_dir``.
 """
 
 import logging
@@ -19,11 +23,14 @@ from dataclasses import dataclass, field
 
 import datasets
 
+from . import remote
 from .common import BenchmarkFormatError, bio_labels, image_value, ner_features, read_lines, split_name, task_files
 
 logger = logging.getLogger(__name__)
 
 FILE_SPLITS = {"train": "train", "validation": "valid", "test": "test"}
+REMOTE_ROOT = "MNER/data/twitter2017"  # data_dir's counterpart in the paper's repository
+PATTERN = "{split}_{k}.txt"
 
 
 @dataclass
@@ -38,6 +45,8 @@ class IMNERConfig(datasets.BuilderConfig):
         image_dir (`str`, *optional*): folder of ``<IMGID>.jpg``; default ``data_dir/twitter2017_images``,
             or ``twitter2017_images`` beside ``data_dir`` when only that one exists.
         embed_images (`bool`): store image bytes in the cache instead of paths.
+        data_url (`str`, *optional*): without ``data_dir``, download from this mirror of the repository
+            (``<data_url>/<commit>/MNER/data/twitter2017/...``) instead of ``$MSPT_DATA_URL`` or GitHub.
     """
 
     split_dir: str | None = None
@@ -45,6 +54,7 @@ class IMNERConfig(datasets.BuilderConfig):
     tag_aliases: dict[str, str] = field(default_factory=lambda: {"OTHER": "MISC"})
     image_dir: str | None = None
     embed_images: bool = False
+    data_url: str | None = None
 
 
 def read_conll(path: str, tag_map: dict[str, str]) -> Iterator[tuple[int, str, list[str], list[str]]]:
@@ -94,32 +104,56 @@ class IMNER(datasets.GeneratorBasedBuilder):
     task_type = "ner"
 
     @property
-    def data_root(self) -> str:
-        if not self.config.data_dir:
-            raise ValueError(
-                "imner needs data_dir: the twitter2017 folder that holds sep-PLOM/ and sep-POLM-NEW/ "
-                "(and twitter2017_images/), e.g. load_benchmark('imner', 'plom', data_dir='.../MNER/data/twitter2017')"
-            )
-        return self.config.data_dir
+    def data_root(self) -> str | None:
+        """``data_dir``; ``None`` when the text files are downloaded."""
+        return self.config.data_dir or None
 
     @property
-    def image_root(self) -> str:
-        if self.config.image_dir:
+    def image_root(self) -> str | None:
+        if self.config.image_dir or not self.data_root:
             return self.config.image_dir
         inside = os.path.join(self.data_root, "twitter2017_images")
         beside = os.path.join(os.path.dirname(os.path.normpath(self.data_root)), "twitter2017_images")
         return beside if not os.path.isdir(inside) and os.path.isdir(beside) else inside
 
     def image_path(self, split: str, image_id: str) -> str:
-        return os.path.join(self.image_root, image_id)
+        """The image's path; relative to the expected ``image_dir`` when there is none (downloaded text)."""
+        return os.path.join(self.image_root or "", image_id)
 
-    def source_files(self) -> tuple[list[str], list[str]]:
+    def images_hint(self) -> str:
+        if self.image_root:
+            return f"images are read from {self.image_root}/<IMGID>.jpg"
+        return ("images are not downloaded (only the text splits are): get the Twitter-2017 images from the "
+                "dataset authors, put them in one folder as <IMGID>.jpg and pass image_dir=<folder>")
+
+    def source_files(self) -> tuple[list, list[str]]:
+        """Local files, or the pinned ``RemoteFile``s of a download, and the image folder (cache key)."""
+        folders = [self.image_root] if self.image_root else []
+        if not self.data_root:
+            pinned = self._pinned()
+            return [pinned[os.path.basename(p)] for files in self._task_files() for p in files.values()], folders
         folder = self._folder()
         files = [os.path.join(folder, f) for f in os.listdir(folder)] if os.path.isdir(folder) else []
-        return files, [self.image_root]
+        return files, folders
 
     def _folder(self) -> str:
         return os.path.join(self.data_root, self.config.split_dir or self.config.name)
+
+    def _pinned(self) -> dict[str, remote.RemoteFile]:
+        folder = self._remote_folder()
+        pinned = remote.remote_files(folder, self.config.data_url)
+        if not pinned:
+            raise remote.not_pinned_error(f"imner/{self.config.name}", folder, ".../MNER/data/twitter2017")
+        return pinned
+
+    def _task_files(self) -> list[dict[str, str]]:
+        """Local paths, or repository paths of the pinned files when downloading."""
+        if self.data_root:
+            return task_files(self._folder(), PATTERN, FILE_SPLITS)
+        return task_files(self._remote_folder(), PATTERN, FILE_SPLITS, names=self._pinned())
+
+    def _remote_folder(self) -> str:
+        return f"{REMOTE_ROOT}/{self.config.split_dir or self.config.name}"
 
     def _tag_map(self) -> dict[str, str]:
         types = {t: t for t in self.config.entity_types} | dict(self.config.tag_aliases)
@@ -132,7 +166,11 @@ class IMNER(datasets.GeneratorBasedBuilder):
         return datasets.DatasetInfo(description=__doc__, features=ner_features(bio_labels(self.config.entity_types)))
 
     def _split_generators(self, dl_manager):
-        tasks = task_files(self._folder(), "{split}_{k}.txt", FILE_SPLITS)
+        tasks = self._task_files()
+        if not self.data_root:
+            pinned = self._pinned()
+            local = remote.download(dl_manager, [pinned[os.path.basename(p)] for files in tasks for p in files.values()])
+            tasks = [{split: local[path] for split, path in files.items()} for files in tasks]
         tag_map = self._tag_map()
         self._first_tagged = {}
         for task_id, files in enumerate(tasks):
@@ -151,7 +189,7 @@ class IMNER(datasets.GeneratorBasedBuilder):
             yield number, {
                 "tokens": words,
                 "ner_tags": tags,
-                "image": image_value(self.image_path(split, file_name), self.config.embed_images),
+                "image": image_value(self.image_path(split, file_name), self.config.embed_images) if self.image_root else None,
                 "image_id": file_name,
                 "task_id": self._first_tagged.get((image_id, tuple(words)), -1) if split == "test" else task_id,
             }

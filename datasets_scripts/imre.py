@@ -8,6 +8,10 @@
     img_org/{train,val,test}/<img_id>        optional: images (a missing one becomes image=None)
     img_vg/{train,val,test}/crops/<i>_*.png  optional: object crops of the line with global index i
 
+Without ``data_dir`` the text files of ``sep5``/``sep10`` (and the full splits, for ``crops_dir``) are downloaded
+from the paper's repository at a pinned commit and checked against pinned SHA-256 sums (``remote``); images stay
+the user's: pass ``image_dir`` (and ``crops_dir``). ``sep7`` is not pinned and needs ``data_dir``.
+
 Train/val files hold the task's new relations plus ``None``; test files are cumulative. Every
 example's ``task_id`` is its file's task; in test files it is the first test file holding the line,
 i.e. the task that introduced it (the per-task test slices). See reference analysis §9.1.
@@ -22,12 +26,15 @@ from dataclasses import dataclass
 
 import datasets
 
+from . import remote
 from .common import BenchmarkFormatError, image_value, read_lines, re_features, split_name, task_files
 
 logger = logging.getLogger(__name__)
 
 FILE_SPLITS = {"train": "train", "validation": "val", "test": "test"}
 NO_RELATION = "None"
+REMOTE_ROOT = "MRE/data"  # data_dir's counterpart in the paper's repository
+PATTERN = "ours_{split}_{k}.txt"
 _RELATION_RE = re.compile(r"""['"]relation['"]\s*:\s*(['"])(.*?)\1""")
 
 
@@ -44,6 +51,8 @@ class IMREConfig(datasets.BuilderConfig):
         image_dir (`str`, *optional*): folder with ``{train,val,test}/`` images; ``data_dir/img_org``.
         crops_dir (`str`, *optional*): folder with ``{train,val,test}/crops/``; ``data_dir/img_vg``.
         embed_images (`bool`): store image bytes in the cache instead of paths to ``image_dir``.
+        data_url (`str`, *optional*): without ``data_dir``, download from this mirror of the repository
+            (``<data_url>/<commit>/MRE/data/txt/...``) instead of ``$MSPT_DATA_URL`` or GitHub.
     """
 
     split_dir: str | None = None
@@ -51,6 +60,7 @@ class IMREConfig(datasets.BuilderConfig):
     image_dir: str | None = None
     crops_dir: str | None = None
     embed_images: bool = False
+    data_url: str | None = None
 
 
 def parse_line(path: str, number: int, line: str, labels: set[str]) -> dict:
@@ -102,47 +112,74 @@ class IMRE(datasets.GeneratorBasedBuilder):
 
     # -- where things are ---------------------------------------------------------------------
     @property
-    def data_root(self) -> str:
-        if not self.config.data_dir:
-            raise ValueError(
-                "imre needs data_dir: the MNRE folder that holds txt/sepN/ours_{train,val,test}_{k}.txt "
-                "(and img_org/ with the images), e.g. load_benchmark('imre', 'sep10', data_dir='.../MRE/data')"
-            )
-        return self.config.data_dir
+    def data_root(self) -> str | None:
+        """``data_dir``; ``None`` when the text files are downloaded."""
+        return self.config.data_dir or None
 
     @property
-    def image_root(self) -> str:
-        return self.config.image_dir or os.path.join(self.data_root, "img_org")
+    def image_root(self) -> str | None:
+        if self.config.image_dir or not self.data_root:
+            return self.config.image_dir
+        return os.path.join(self.data_root, "img_org")
 
     def image_path(self, split: str, image_id: str) -> str:
-        return os.path.join(self.image_root, FILE_SPLITS[split], image_id)
+        """The image's path; relative to the expected ``image_dir`` when there is none (downloaded text)."""
+        return os.path.join(self.image_root or "", FILE_SPLITS[split], image_id)
 
-    def source_files(self) -> tuple[list[str], list[str]]:
-        """Files whose content, and folders whose listing, decide the prepared data (cache key)."""
+    def images_hint(self) -> str:
+        if self.image_root:
+            return f"images are read from {self.image_root}/{{train,val,test}}/<img_id>"
+        return ("images are not downloaded (only the text splits are): get the MNRE images from the dataset "
+                "authors, lay them out as <folder>/{train,val,test}/<img_id> and pass image_dir=<folder>")
+
+    def source_files(self) -> tuple[list, list[str]]:
+        """Files whose content, and folders whose listing, decide the prepared data (cache key): local paths,
+        or the pinned ``RemoteFile``s of a download."""
+        folders = [f for f in (self.image_root, self._crops_root()) if f]
+        if not self.data_root:
+            tasks = self._task_files()
+            names = [path for files in tasks for path in files.values()] + self._remote_full_files()
+            return [remote.remote_file(name, self.config.data_url) for name in names], folders
         txt = os.path.join(self.data_root, "txt")
         folder = os.path.join(txt, self.config.split_dir or self.config.name)
         files = [os.path.join(folder, f) for f in os.listdir(folder)] if os.path.isdir(folder) else []
         files += [p for p in (self._rel2id_path(), *(self._full_file(s) for s in FILE_SPLITS)) if os.path.isfile(p)]
-        return files, [self.image_root, self._crops_root()]
+        return files, folders
 
     def _task_files(self) -> list[dict[str, str]]:
-        folder = os.path.join(self.data_root, "txt", self.config.split_dir or self.config.name)
-        return task_files(folder, "ours_{split}_{k}.txt", FILE_SPLITS)
+        """Local paths, or repository paths of the pinned files when downloading."""
+        split_dir = self.config.split_dir or self.config.name
+        if self.data_root:
+            return task_files(os.path.join(self.data_root, "txt", split_dir), PATTERN, FILE_SPLITS)
+        folder = f"{REMOTE_ROOT}/txt/{split_dir}"
+        pinned = remote.remote_files(folder, self.config.data_url)
+        if not pinned:
+            raise remote.not_pinned_error(f"imre/{self.config.name}", folder, ".../MRE/data")
+        return task_files(folder, PATTERN, FILE_SPLITS, names=pinned)
 
-    def _rel2id_path(self) -> str:
-        return os.path.join(self.data_root, "ours_rel2id.json")
+    def _remote_full_files(self) -> list[str]:
+        """The full splits key the crops by line: downloaded only when there are crops."""
+        return [f"{REMOTE_ROOT}/txt/ours_{word}.txt" for word in FILE_SPLITS.values()] if self.config.crops_dir else []
 
-    def _full_file(self, split: str) -> str:
+    def _rel2id_path(self) -> str | None:
+        return os.path.join(self.data_root, "ours_rel2id.json") if self.data_root else None
+
+    def _full_file(self, split: str) -> str | None:
+        if not self.data_root:
+            return getattr(self, "_downloaded", {}).get(f"{REMOTE_ROOT}/txt/ours_{FILE_SPLITS[split]}.txt")
         return os.path.join(self.data_root, "txt", f"ours_{FILE_SPLITS[split]}.txt")
 
-    def _crops_root(self) -> str:
-        return self.config.crops_dir or os.path.join(self.data_root, "img_vg")
+    def _crops_root(self) -> str | None:
+        if self.config.crops_dir or not self.data_root:
+            return self.config.crops_dir
+        return os.path.join(self.data_root, "img_vg")
 
     # -- label space --------------------------------------------------------------------------
-    def _label_names(self) -> list[str]:
+    def _label_names(self, tasks: list[dict[str, str]] | None = None) -> list[str]:
+        """``tasks``: the local task files (after a download); read from ``data_dir`` when omitted."""
         if self.config.label_names:
             names = list(self.config.label_names)
-        elif os.path.isfile(path := self._rel2id_path()):
+        elif (path := self._rel2id_path()) and os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
                 rel2id = json.load(f)
             if sorted(rel2id.values()) != list(range(len(rel2id))):
@@ -150,7 +187,7 @@ class IMRE(datasets.GeneratorBasedBuilder):
             names = sorted(rel2id, key=rel2id.get)
         else:
             names = [NO_RELATION]
-            for files in self._task_files():
+            for files in tasks or self._task_files():
                 for split in ("train", "validation", "test"):
                     for _, line in read_lines(files[split]):
                         match = _RELATION_RE.search(line)
@@ -164,11 +201,19 @@ class IMRE(datasets.GeneratorBasedBuilder):
         return names
 
     def _info(self) -> datasets.DatasetInfo:
-        return datasets.DatasetInfo(description=__doc__, features=re_features(self._label_names()))
+        # downloading: the label space is known once the files are here (set in _split_generators)
+        provisional = not self.data_root and not self.config.label_names
+        labels = [NO_RELATION] if provisional else self._label_names()
+        return datasets.DatasetInfo(description=__doc__, features=re_features(labels))
 
     # -- generation ---------------------------------------------------------------------------
     def _split_generators(self, dl_manager):
         tasks = self._task_files()
+        if not self.data_root:
+            wanted = [path for files in tasks for path in files.values()] + self._remote_full_files()
+            self._downloaded = remote.download(dl_manager, [remote.remote_file(p, self.config.data_url) for p in wanted])
+            tasks = [{split: self._downloaded[path] for split, path in files.items()} for files in tasks]
+            self.info.features = re_features(self._label_names(tasks))
         # first test file holding each line: the task that introduced the example
         self._first_test_task = {}
         for task_id, files in enumerate(tasks):
@@ -184,11 +229,13 @@ class IMRE(datasets.GeneratorBasedBuilder):
     def _crops(self, split: str) -> dict[str, list[str]]:
         """Crops of each example keyed by its line in the full split file (fixes D10: the crops
         are numbered by global line index, not by the index in the task file)."""
+        if not self._crops_root():
+            return {}
         folder = os.path.join(self._crops_root(), FILE_SPLITS[split], "crops")
         full = self._full_file(split)
         if not os.path.isdir(folder):
             return {}
-        if not os.path.isfile(full):
+        if not full or not os.path.isfile(full):
             logger.warning("crops in %s are ignored: they are keyed by line of %s, which is missing", folder, full)
             return {}
         by_index: dict[int, list[str]] = {}
@@ -211,7 +258,7 @@ class IMRE(datasets.GeneratorBasedBuilder):
             example = parse_line(path, number, line, labels)
             key = line.strip()
             image = self.image_path(split, example["image_id"])
-            example["image"] = image_value(image, embed)
+            example["image"] = image_value(image, embed) if self.image_root else None
             example["aux_images"] = [image_value(p, embed) for p in crops.get(key, [])]
             example["task_id"] = self._first_test_task.get(key, task_id) if split == "test" else task_id
             yield number, example
