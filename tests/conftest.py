@@ -1,6 +1,8 @@
 """Shared fixtures: tiny configs built in-process (hidden 32, 2 layers, 4 heads, intermediate 37, image 32, patch 8,
-batch 3, odd text length 7), a tiny tokenizer and image processor, and the real split files in ../shared/data."""
+batch 3, odd text length 7), a tiny tokenizer and image processor, the miniature real split files in fixtures/ and
+the full ones from $MSPT_DATA_DIR."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -8,7 +10,8 @@ import torch
 
 torch.set_num_threads(1)
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"  # imre/txt/sep5, imner/twitter2017/sep-PLOM: real lines
+DATA_DIR_ENV = "MSPT_DATA_DIR"
 
 TEXT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=64,
             max_position_embeddings=40)  # fmt: skip
@@ -64,11 +67,22 @@ def tiny_processor(tiny_tokenizer, tiny_image_processor):
     return MSPTProcessor(image_processor=tiny_image_processor, tokenizer=tiny_tokenizer, max_length=16)
 
 
+def full_data_dir() -> Path:
+    """The folder with the full split files (``imre/txt/...``, ``imner/twitter2017/...``) named by $MSPT_DATA_DIR;
+    skips the calling test when it is unset."""
+    value = os.environ.get(DATA_DIR_ENV)
+    if not value:
+        pytest.skip(f"needs the full split files: set {DATA_DIR_ENV} to the folder holding imre/ and imner/ "
+                    f"(the split files), e.g. {DATA_DIR_ENV}=../shared/data")
+    path = Path(value).expanduser().resolve()
+    if not (path / "imre" / "txt").is_dir() or not (path / "imner" / "twitter2017").is_dir():
+        pytest.fail(f"{DATA_DIR_ENV}={value} does not hold imre/txt/ and imner/twitter2017/")
+    return path
+
+
 @pytest.fixture(scope="session")
-def shared_data():
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"The real split files are expected at {SHARED_DATA} (a copy of shared/ beside the repository).")
-    return SHARED_DATA
+def full_data() -> Path:
+    return full_data_dir()
 
 
 @pytest.fixture(scope="session")

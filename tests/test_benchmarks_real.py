@@ -1,20 +1,21 @@
-"""The builders on the real split files in ../shared/data: sizes, label sets, cumulative tests.
+"""The builders on real split files: the miniature copies in tests/fixtures (always) and the full files in
+$MSPT_DATA_DIR (sizes and counts of the reference analysis §9; skipped when it is unset).
 
-Expected numbers are those of the reference analysis §9 (and are re-counted from the files)."""
+The behaviour tests (parsing, label order, task ids, cumulative test slices, the sep5 quirk) run on both."""
 
 import ast
 import collections
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import datasets
 import pytest
+from conftest import FIXTURES, full_data_dir
 
 from datasets_scripts import load_benchmark
 
 datasets.disable_progress_bars()
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 SEP10 = [  # new relations (train count) per task; None count
     ({"/per/per/peer": 960, "/per/misc/religion": 6}, 775),
@@ -35,13 +36,22 @@ SEP5_NEW = [
     {"/misc/loc/held_on", "/org/org/subsidiary", "/per/misc/nationality", "/misc/misc/part_of"},
     {"/per/per/alternate_names", "/per/per/couple", "/org/org/alternate_names", "/per/loc/place_of_birth"},
 ]
+SIZES = {  # train / validation / test per task
+    "fixtures": {"sep5": ([6] * 5, [3] * 5, [6, 10, 15, 20, 25]), "plom": ([3] * 4, [2] * 4, [7] * 4)},
+    "full": {"sep5": ([3411, 2627, 2167, 2072, 1956], [444, 347, 287, 289, 255], [463, 833, 1111, 1364, 1613]),
+             "plom": ([943, 487, 909, 642], [200, 104, 205, 138], [723] * 4)},
+}
+TYPES = ["PER", "LOC", "ORG", "MISC"]
 
 
-def _data() -> Path:
-    if not (DATA / "imre" / "txt").is_dir() or not (DATA / "imner" / "twitter2017").is_dir():
-        pytest.fail(f"the real split files are missing: expected {DATA}/imre/txt and {DATA}/imner/twitter2017 "
-                    "(the shared/data folder beside the repository clone)")
-    return DATA
+class Source(NamedTuple):
+    name: str  # "fixtures" or "full"
+    root: Path
+
+
+@pytest.fixture(scope="module", params=["fixtures", "full"])
+def source(request) -> Source:
+    return Source(request.param, FIXTURES if request.param == "fixtures" else full_data_dir())
 
 
 @pytest.fixture(scope="module")
@@ -50,18 +60,18 @@ def cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def sep5(source, cache):
+    return load_benchmark("imre", "sep5", data_dir=source.root / "imre", cache_dir=cache)
+
+
+@pytest.fixture(scope="module")
+def plom(source, cache):
+    return load_benchmark("imner", "plom", data_dir=source.root / "imner" / "twitter2017", cache_dir=cache)
+
+
+@pytest.fixture(scope="module")
 def sep10(cache):
-    return load_benchmark("imre", "sep10", data_dir=_data() / "imre", cache_dir=cache)
-
-
-@pytest.fixture(scope="module")
-def sep5(cache):
-    return load_benchmark("imre", "sep5", data_dir=_data() / "imre", cache_dir=cache)
-
-
-@pytest.fixture(scope="module")
-def plom(cache):
-    return load_benchmark("imner", "plom", data_dir=_data() / "imner" / "twitter2017", cache_dir=cache)
+    return load_benchmark("imre", "sep10", data_dir=full_data_dir() / "imre", cache_dir=cache)
 
 
 def _lines(path: Path) -> list[str]:
@@ -72,43 +82,53 @@ def _relations(dataset, benchmark) -> collections.Counter:
     return collections.Counter(benchmark.label_names[i] for i in dataset["relation"][:])
 
 
+def _sizes(benchmark):
+    return tuple([len(getattr(t, split)) for t in benchmark.tasks] for split in ("train", "validation", "test"))
+
+
+@pytest.fixture(scope="module", params=["fixtures/sep5", "full/sep5", "full/sep10"])
+def imre(request, cache):
+    """``(config, the imre folder, the benchmark)``: sep5 from both sources, sep10 from the full files."""
+    where, config = request.param.split("/")
+    root = (FIXTURES if where == "fixtures" else full_data_dir()) / "imre"
+    return config, root, load_benchmark("imre", config, data_dir=root, cache_dir=cache)
+
+
 # --- IMRE ------------------------------------------------------------------------------------
+def test_sep5_sizes_and_label_sets(sep5, source):
+    assert _sizes(sep5) == SIZES[source.name]["sep5"]
+    assert [set(t.new_labels) - {"None"} for t in sep5.tasks] == SEP5_NEW
+    assert sep5.tasks[0].new_labels[0] == "None"
+
+
 def test_sep10_sizes_and_relations_match_the_analysis(sep10):
     assert sep10.num_tasks == 10 and sep10.task_type == "re"
-    assert [len(t.train) for t in sep10.tasks] == [1741, 1671, 1418, 1210, 1148, 1020, 1065, 1008, 990, 962]
-    assert [len(t.validation) for t in sep10.tasks] == [221, 223, 184, 163, 156, 131, 149, 140, 123, 132]
-    assert [len(t.test) for t in sep10.tasks] == [255, 464, 662, 836, 984, 1115, 1241, 1369, 1495, 1614]
+    assert _sizes(sep10) == ([1741, 1671, 1418, 1210, 1148, 1020, 1065, 1008, 990, 962],
+                             [221, 223, 184, 163, 156, 131, 149, 140, 123, 132],
+                             [255, 464, 662, 836, 984, 1115, 1241, 1369, 1495, 1614])  # fmt: skip
     for task, (new, none) in zip(sep10.tasks, SEP10):
         assert _relations(task.train, sep10) == collections.Counter(new) + collections.Counter({"None": none})
         assert set(task.new_labels) == set(new) | ({"None"} if task.task_id == 0 else set())
 
 
-def test_sep5_sizes_and_label_sets(sep5):
-    assert [len(t.train) for t in sep5.tasks] == [3411, 2627, 2167, 2072, 1956]
-    assert [len(t.validation) for t in sep5.tasks] == [444, 347, 287, 289, 255]
-    assert [len(t.test) for t in sep5.tasks] == [463, 833, 1111, 1364, 1613]
-    assert [set(t.new_labels) - {"None"} for t in sep5.tasks] == SEP5_NEW
-
-
-@pytest.mark.parametrize("config", ["sep5", "sep10"])
-def test_imre_splits_equal_the_files(config, sep5, sep10):
-    benchmark = {"sep5": sep5, "sep10": sep10}[config]
-    folder = DATA / "imre" / "txt" / config
+def test_imre_splits_equal_the_files_line_by_line(imre):
+    config, root, benchmark = imre
     for task in benchmark.tasks:
         for split, word in (("train", "train"), ("validation", "val"), ("test", "test")):
-            lines = _lines(folder / f"ours_{word}_{task.task_id}.txt")
-            dataset = getattr(task, split)
-            assert len(dataset) == len(lines), (config, split, task.task_id)
-            first, row = ast.literal_eval(lines[0]), dataset[0]
-            assert row["tokens"] == first["token"] and row["image_id"] == first["img_id"]
-            assert (row["head_start"], row["head_end"]) == tuple(first["h"]["pos"])
-            assert (row["tail_name"], row["tail_start"], row["tail_end"]) == (first["t"]["name"], *first["t"]["pos"])
-            assert benchmark.label_names[row["relation"]] == first["relation"]
+            records = [ast.literal_eval(line) for line in _lines(root / "txt" / config / f"ours_{word}_{task.task_id}.txt")]
+            data = getattr(task, split)
+            assert len(data) == len(records), (config, split, task.task_id)
+            assert data["tokens"][:] == [r["token"] for r in records]
+            assert data["image_id"][:] == [r["img_id"] for r in records]
+            assert list(zip(data["head_name"][:], data["head_start"][:], data["head_end"][:])) == [
+                (r["h"]["name"], *r["h"]["pos"]) for r in records]
+            assert list(zip(data["tail_name"][:], data["tail_start"][:], data["tail_end"][:])) == [
+                (r["t"]["name"], *r["t"]["pos"]) for r in records]
+            assert [benchmark.label_names[i] for i in data["relation"][:]] == [r["relation"] for r in records]
 
 
-@pytest.mark.parametrize("config", ["sep5", "sep10"])
-def test_imre_train_and_validation_hold_only_the_task_relations_and_none(config, sep5, sep10):
-    benchmark = {"sep5": sep5, "sep10": sep10}[config]
+def test_imre_train_and_validation_hold_only_the_task_relations_and_none(imre):
+    _, _, benchmark = imre
     assert benchmark.label_names[0] == "None"
     assert len(benchmark.label_names) == 21  # /per/per/alumi and /per/misc/race are in no task
     seen = set()
@@ -122,41 +142,41 @@ def test_imre_train_and_validation_hold_only_the_task_relations_and_none(config,
         assert set(task.train["task_id"][:]) == {task.task_id}
 
 
-def test_sep10_tests_are_cumulative_and_tagged_with_the_introducing_task(sep10):
-    def rows(dataset):
-        return collections.Counter(
-            (tuple(r["tokens"]), r["head_start"], r["tail_start"], r["relation"]) for r in dataset
-        )
+def _test_rows(dataset) -> collections.Counter:
+    columns = zip(dataset["tokens"][:], dataset["head_start"][:], dataset["tail_start"][:], dataset["relation"][:])
+    return collections.Counter((tuple(tokens), *rest) for tokens, *rest in columns)
 
+
+def test_imre_tests_are_cumulative_and_tagged_with_the_introducing_task(imre):
+    config, _, benchmark = imre
     previous = collections.Counter()
-    for task in sep10.tasks:
-        current = rows(task.test)
-        assert not previous - current, "a test example disappeared"
+    for task in benchmark.tasks:
+        current = _test_rows(task.test)
+        lost = previous - current
+        # analysis §9.1: sep5 is nested except one /per/per/peer test example of task 0; sep10 is nested
+        assert sum(lost.values()) == (1 if config == "sep5" and task.task_id == 1 else 0), task.task_id
         ids = collections.Counter(task.test["task_id"][:])
-        assert ids[task.task_id] == len(task.test) - sum(previous.values())
+        assert ids[task.task_id] == len(task.test) - (sum(previous.values()) - sum(lost.values()))
         assert max(ids) == task.task_id
         previous = current
-    final = sep10.tasks[-1].test
+    final = benchmark.tasks[-1].test
     for task_id, relation in zip(final["task_id"][:], final["relation"][:]):
-        assert sep10.label_names[relation] in set(sep10.tasks[task_id].new_labels) | {"None"}
+        assert benchmark.label_names[relation] in set(benchmark.tasks[task_id].new_labels) | {"None"}
 
 
 def test_sep5_quirk_one_peer_example_leaves_the_test_set(sep5):
-    """Analysis §9.1: sep5 is nested except one /per/per/peer test example of task 1."""
-    key = lambda r: (tuple(r["tokens"]), r["head_start"], r["tail_start"], r["relation"])
-    first, second = (collections.Counter(key(r) for r in sep5.tasks[k].test) for k in (0, 1))
-    lost = first - second
+    lost = _test_rows(sep5.tasks[0].test) - _test_rows(sep5.tasks[1].test)
     assert sum(lost.values()) == 1
     assert sep5.label_names[next(iter(lost))[3]] == "/per/per/peer"
 
 
-def test_missing_images_are_counted_not_fatal(sep10):
+def test_missing_images_are_counted_not_fatal(sep5):
     all_ids = set()
-    for task in sep10.tasks:
+    for task in sep5.tasks:
         for split, folder in (("train", "train"), ("validation", "val"), ("test", "test")):
             all_ids |= {(folder, i) for i in getattr(task, split)["image_id"][:]}
-    assert sep10.missing_images == len(all_ids)  # text-only copy: every image is missing
-    assert sep10.tasks[0].train[0]["image"] is None
+    assert sep5.missing_images == len(all_ids)  # text-only files: every image is missing
+    assert sep5.tasks[0].train[0]["image"] is None
 
 
 # --- IMNER -----------------------------------------------------------------------------------
@@ -165,54 +185,65 @@ def _b_counts(dataset, benchmark) -> collections.Counter:
     return collections.Counter(names[t] for tags in dataset["ner_tags"][:] for t in tags if names[t] != "O")
 
 
-def test_plom_sizes_types_and_tag_counts(plom):
+def test_plom_sizes_types_and_label_order(plom, source):
     assert plom.task_type == "ner" and plom.num_tasks == 4
     assert plom.label_names == ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC"]
-    assert [len(t.train) for t in plom.tasks] == [943, 487, 909, 642]
-    assert [len(t.validation) for t in plom.tasks] == [200, 104, 205, 138]
-    assert [len(t.test) for t in plom.tasks] == [723] * 4
+    assert _sizes(plom) == SIZES[source.name]["plom"]
     assert [t.new_labels for t in plom.tasks] == [["O", "B-PER", "I-PER"], ["B-LOC", "I-LOC"],
                                                   ["B-ORG", "I-ORG"], ["B-MISC", "I-MISC"]]
+    for task, kind in zip(plom.tasks, TYPES):  # train/valid tag only the task's type
+        for split in (task.train, task.validation):
+            assert {label[2:] for label in _b_counts(split, plom)} == {kind}
+
+
+def test_plom_tag_counts_match_the_analysis(cache):
+    plom = load_benchmark("imner", "plom", data_dir=full_data_dir() / "imner" / "twitter2017", cache_dir=cache)
     train = [(1394, 1052), (623, 277), (1397, 439), (701, 862)]
-    for task, (b, i), kind in zip(plom.tasks, train, ["PER", "LOC", "ORG", "MISC"]):
+    for task, (b, i), kind in zip(plom.tasks, train, TYPES):
         assert _b_counts(task.train, plom) == {f"B-{kind}": b, f"I-{kind}": i}
     final = _b_counts(plom.tasks[-1].test, plom)
-    assert {k: final[f"B-{k}"] for k in ("PER", "LOC", "ORG", "MISC")} == {"PER": 621, "LOC": 178, "ORG": 395, "MISC": 157}
+    assert {k: final[f"B-{k}"] for k in TYPES} == {"PER": 621, "LOC": 178, "ORG": 395, "MISC": 157}
 
 
-def test_plom_splits_equal_the_files(plom):
-    folder = DATA / "imner" / "twitter2017" / "sep-PLOM"
+def test_plom_splits_equal_the_files(plom, source):
+    folder = source.root / "imner" / "twitter2017" / "sep-PLOM"
     for task in plom.tasks:
         for split, word in (("train", "train"), ("validation", "valid"), ("test", "test")):
-            text = (folder / f"{word}_{task.task_id}.txt").read_text(encoding="utf-8")
-            assert len(getattr(task, split)) == text.count("IMGID:")
-        words = [line.split("\t")[0] for line in text.splitlines()[1:] if line.strip()][:3]
-        assert task.test[0]["tokens"][:3] == words
+            blocks = [b for b in (folder / f"{word}_{task.task_id}.txt").read_text(encoding="utf-8").split("\n\n")
+                      if b.strip()]  # fmt: skip
+            data = getattr(task, split)
+            assert len(data) == len(blocks)
+            words = [[line.rstrip("\r").split("\t")[0] for line in b.strip().splitlines()[1:]] for b in blocks]
+            assert data["tokens"][:] == words
+            assert data["image_id"][:] == [b.strip().splitlines()[0].strip()[len("IMGID:"):] + ".jpg" for b in blocks]
 
 
-def test_plom_tests_are_cumulative_over_the_same_sentences(plom):
-    names, order = plom.label_names, ["PER", "LOC", "ORG", "MISC"]
+def test_plom_tests_are_cumulative_over_the_same_sentences(plom, source):
+    names = plom.label_names
     final = plom.tasks[-1].test
     for task in plom.tasks:
         assert task.test["tokens"][:] == final["tokens"][:]
-        keep = set(order[: task.task_id + 1])
+        keep = set(TYPES[: task.task_id + 1])
         for tags, full in zip(task.test["ner_tags"][:], final["ner_tags"][:]):
             assert [names[t] for t in tags] == [names[t] if names[t][2:] in keep else "O" for t in full]
-    for tags, task_id in zip(final["ner_tags"][:], final["task_id"][:]):
+    ids = final["task_id"][:]
+    for tags, task_id in zip(final["ner_tags"][:], ids):
         types = {names[t][2:] for t in tags if t}
-        assert task_id == (min(order.index(t) for t in types) if types else -1)
+        assert task_id == (min(TYPES.index(t) for t in types) if types else -1)
+    assert -1 in ids and set(range(4)) <= set(ids)  # the fixtures keep an entity-free sentence and every type
+    assert any(any(ord(c) > 127 for w in words for c in w) for words in final["tokens"][:])  # UTF-8 words
 
 
-def test_polm_is_the_same_files_in_another_order(tmp_path, plom, cache):
-    """No sep-POLM-NEW in shared/data: build it from the PLOM files (PER -> ORG -> LOC -> MISC)."""
-    source, target = DATA / "imner" / "twitter2017" / "sep-PLOM", tmp_path / "sep-POLM-NEW"
+def test_polm_is_the_same_files_in_another_order(tmp_path, plom, source, cache):
+    """No sep-POLM-NEW here: build it from the PLOM files (PER -> ORG -> LOC -> MISC)."""
+    folder, target = source.root / "imner" / "twitter2017" / "sep-PLOM", tmp_path / "sep-POLM-NEW"
     target.mkdir()
     for new, old in enumerate([0, 2, 1, 3]):
         for word in ("train", "valid"):
-            shutil.copy(source / f"{word}_{old}.txt", target / f"{word}_{new}.txt")
+            shutil.copy(folder / f"{word}_{old}.txt", target / f"{word}_{new}.txt")
         keep = {"O"} | {f"{p}-{t}" for t in ["PER", "ORG", "LOC", "MISC"][: new + 1] for p in "BI"}
         lines = []
-        for line in (source / "test_3.txt").read_text(encoding="utf-8").splitlines():
+        for line in (folder / "test_3.txt").read_text(encoding="utf-8").splitlines():
             word, _, tag = line.partition("\t")
             lines.append(line if not tag or tag in keep else f"{word}\tO")
         (target / f"test_{new}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -220,5 +251,22 @@ def test_polm_is_the_same_files_in_another_order(tmp_path, plom, cache):
     assert polm.label_names == plom.label_names  # the same ids in every order
     assert [t.new_labels[-2:] for t in polm.tasks] == [["B-PER", "I-PER"], ["B-ORG", "I-ORG"],
                                                        ["B-LOC", "I-LOC"], ["B-MISC", "I-MISC"]]
-    assert [len(t.train) for t in polm.tasks] == [943, 909, 487, 642]
+    assert [len(t.train) for t in polm.tasks] == [len(plom.tasks[k].train) for k in (0, 2, 1, 3)]
     assert polm.tasks[-1].test["ner_tags"][:] == plom.tasks[-1].test["ner_tags"][:]
+
+
+# --- the fixtures are real -------------------------------------------------------------------
+def test_fixtures_are_verbatim_excerpts_of_the_full_files():
+    full = full_data_dir()
+    files = sorted(p for p in FIXTURES.rglob("*.txt"))
+    assert len(files) == 15 + 12
+    for path in files:
+        relative = path.relative_to(FIXTURES)
+        if relative.parts[0] == "imre":
+            mine, theirs = path.read_bytes().split(b"\n"), (full / relative).read_bytes().split(b"\n")
+        else:
+            mine, theirs = path.read_bytes().split(b"\r\n\r\n"), (full / relative).read_bytes().split(b"\r\n\r\n")
+        mine = [part for part in mine if part.strip()]
+        position = {part: i for i, part in enumerate(theirs)}
+        assert all(part in position for part in mine), relative
+        assert [position[part] for part in mine] == sorted(position[part] for part in mine), f"{relative}: order"
