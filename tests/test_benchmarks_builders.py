@@ -126,8 +126,10 @@ def test_imner_other_is_misc_and_missing_folders_are_clear(tmp_path):
     assert row["image_id"] == "1.jpg"
     with pytest.raises(FileNotFoundError, match="sep-POLM-NEW does not exist"):
         load_benchmark("imner", "polm", data_dir=tmp_path / "a", cache_dir=tmp_path / "c")
-    with pytest.raises(ValueError, match="imre needs data_dir"):
-        load_benchmark("imre", "sep5", cache_dir=tmp_path / "c")
+    with pytest.raises(ValueError, match=r"imre/sep7 cannot be downloaded.*MRE/data/txt/sep7/.*pass data_dir"):
+        load_benchmark("imre", "sep7", cache_dir=tmp_path / "c")  # not pinned: no request is made
+    with pytest.raises(ValueError, match=r"imner/polm cannot be downloaded.*sep-POLM-NEW/.*pass data_dir"):
+        load_benchmark("imner", "polm", cache_dir=tmp_path / "c")
     files = {k: v for k, v in TWO_TASKS.items() if k != "sep5/ours_val_1.txt"}
     with pytest.raises(FileNotFoundError, match=r"task 1 is incomplete .*ours_val_1\.txt"):
         load_benchmark("imre", "sep5", data_dir=make_imre(tmp_path / "b", files), cache_dir=tmp_path / "c")
