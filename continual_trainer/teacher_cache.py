@@ -4,9 +4,16 @@ The teacher of task k is the model at the end of task k-1 in eval mode (§4.3, D
 pre-softmax maps are the same at every step of every epoch, and attention distillation only uses their pooled
 profiles (`losses.attention_profiles`). `TeacherProfiles.build` runs the teacher's encoder once over the rows the
 task trains on (its own rows and the interleaved replay memory, each tagged with a `row_index` column) and
-`TeacherProfiles.gather` hands the batch's profiles to `ContinualTrainer.compute_loss`, which then runs no teacher
+`TeacherProfiles.targets` hands the batch's profiles to `ContinualTrainer.compute_loss`, which then runs no teacher
 forward at all. Padded positions are zero in every profile, so a row's profile cut or zero-padded to a batch's length
 is the one the teacher would give inside that batch. This was the hot spot of the MSPT step (benchmarks/RESULTS.md §1).
+
+"The one the teacher would give" holds up to rounding: the cache was computed in other batches, at other padded lengths,
+so a profile may differ from the live teacher's by an ulp. The asymmetric loss ‖ReLU(t - s)‖ turns that into a full-size
+update where the student equals the teacher, as at the first step of every task: its gradient (t - s)/‖t - s‖ has unit
+norm however small t - s is, while the live teacher, bitwise equal to the student there, gives exactly zero.
+`snap_to_student` removes such rounding-level violations. Building the cache draws no global random numbers (dropout
+masks of the training loop are the live-teacher run's).
 """
 
 import inspect
@@ -17,6 +24,7 @@ from torch.utils.data import DataLoader
 from .losses import attention_profiles
 
 ROW_INDEX = "row_index"
+ROUNDING_ULPS = 16  # a cached profile is the live teacher's to within this many ulps of the teacher profile's norm
 
 
 def _fit(profiles: torch.Tensor, length: int) -> torch.Tensor:
@@ -40,7 +48,8 @@ class TeacherProfiles:
     @classmethod
     def build(cls, teacher, dataset, collator, pooling: str, batch_size: int, device) -> "TeacherProfiles":
         """Run `teacher`'s encoder over `dataset` in order (row i of the result is row i of `dataset`)."""
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator)
+        # A private generator: iterating a DataLoader draws its base seed from the global RNG otherwise.
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator, generator=torch.Generator())
         return cls.from_batches(teacher, loader, pooling, device)
 
     @classmethod
@@ -62,6 +71,22 @@ class TeacherProfiles:
         rows = rows.to(self.text.device)
         return _fit(self.text[rows], text_length), _fit(self.vision[rows], vision_length)
 
+    def targets(self, rows: torch.Tensor, student_text: torch.Tensor, student_vision: torch.Tensor):
+        """The profiles of `rows` as distillation targets of the student's profiles: fitted to their lengths, with
+        rounding-level differences removed (`snap_to_student`)."""
+        text, vision = self.gather(rows, student_text.shape[-1], student_vision.shape[-1])
+        return snap_to_student(text, student_text), snap_to_student(vision, student_vision)
+
     @property
     def nbytes(self) -> int:
         return self.text.nbytes + self.vision.nbytes
+
+
+def snap_to_student(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+    """Cached teacher profiles [B, layers, P, H, L] with every entry within rounding of the student's replaced by the
+    student's (detached), so that the loss sees no violation there, as with the live teacher (module docstring).
+    Rounding: `ROUNDING_ULPS` ulps of the profile's norm over H·L, the scale the distillation loss divides by."""
+    student = student.detach()
+    scale = teacher.flatten(3).norm(dim=-1)[..., None, None]  # [B, layers, P, 1, 1]
+    close = (teacher - student).abs() <= ROUNDING_ULPS * torch.finfo(teacher.dtype).eps * scale
+    return torch.where(close, student, teacher)

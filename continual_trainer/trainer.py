@@ -140,7 +140,7 @@ class ContinualTrainer(Trainer):
             pooling, maps = args.distillation_pooling, outputs.interaction_attentions
             student = (attention_profiles(maps.text, pooling), attention_profiles(maps.vision, pooling))
             if cached:
-                target = self._teacher_profiles.gather(rows, student[0].shape[-1], student[1].shape[-1])
+                target = self._teacher_profiles.targets(rows, *student)
             else:
                 t = teacher.interaction_attentions
                 target = (attention_profiles(t.text, pooling), attention_profiles(t.vision, pooling))
