@@ -19,6 +19,7 @@ setup(
         "pillow",
         "numpy",
         "seqeval",
+        "aiohttp",  # datasets downloads the real split files over http(s) through fsspec
     ],
     extras_require={
         "test": ["pytest"],

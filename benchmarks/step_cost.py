@@ -51,6 +51,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import machine, markdown_table
 
 from continual_trainer import ContinualTrainer, ContinualTrainingArguments
+from continual_trainer.arguments import TASK_HYPERPARAMETERS
 from continual_trainer.teacher_cache import ROW_INDEX, TeacherProfiles
 from modeling_mspt import MSPTConfig, MSPTForRelationExtraction, MSPTForTokenClassification
 
@@ -75,8 +76,8 @@ SHAPES = {
 }
 TEXT_LENGTH = {"re": 80, "ner": 128}  # IMRE / IMNER max_seq (analysis §7)
 NUM_LABELS = {"re": 23, "ner": 9}  # MNRE relations incl. None; BIO over PER/LOC/ORG/MISC
-ALPHA = {"re": 0.1, "ner": 0.3}
-GAMMA = {"re": 1.0, "ner": 0.1}
+ALPHA = {task: values["modulation_alpha"] for task, values in TASK_HYPERPARAMETERS.items()}
+GAMMA = {task: values["distillation_weight"] for task, values in TASK_HYPERPARAMETERS.items()}
 
 # Each variant: ContinualTrainingArguments overrides. The ablations split mspt's extra cost into its parts.
 VARIANTS = {

@@ -45,12 +45,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import append_jsonl, machine, markdown_table, read_jsonl
 
+from continual_trainer.arguments import TASK_HYPERPARAMETERS
+
 logger = logging.getLogger("strategies")
 
 PRESETS = ("finetune", "replay", "ewc", "lwf", "mspt", "joint")
-TASK_DEFAULTS = {  # examples/run_imre.py and run_imner.py
-    "re": dict(modulation_alpha=0.1, distillation_weight=1.0, max_text_length=80),
-    "ner": dict(modulation_alpha=0.3, distillation_weight=0.1, max_text_length=128),
+TASK_DEFAULTS = {  # examples/run_imre.py and run_imner.py; α and γ from the package's one table
+    "re": dict(TASK_HYPERPARAMETERS["re"], max_text_length=80),
+    "ner": dict(TASK_HYPERPARAMETERS["ner"], max_text_length=128),
 }
 MODEL_DEFAULTS = {"re": {"re_pooling": "entity"}, "ner": {}}  # examples/run_imre.py pools the entity markers
 SYNTHETIC_VERSION = "1.1.0"  # datasets_scripts/synthetic.py: part of every synthetic run's key, so new data reruns
@@ -340,8 +342,10 @@ def main(argv=None):
     parser.add_argument("--ablation-num-tasks", type=int, default=3)
     parser.add_argument("--ablation-train-per-task", type=int, default=200)
     parser.add_argument("--ablation-epochs", type=float, default=None, help="Default: --epochs.")
-    parser.add_argument("--imre-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
-                                                           "shared", "data", "imre"))  # fmt: skip
+    data_dir = os.environ.get("MSPT_DATA_DIR")
+    parser.add_argument("--imre-dir", default=os.path.join(data_dir, "imre") if data_dir else None,
+                        help="Folder holding txt/sep5/. Default: $MSPT_DATA_DIR/imre, else the split files are "
+                             "downloaded (pinned commit, checksums).")  # fmt: skip
     parser.add_argument("--imre-train-per-task", type=int, default=1000, help="0: the whole training sets.")
     parser.add_argument("--imre-test-fraction", type=float, default=0.5,
                         help="Evaluate on this fraction of the test examples (the same ones after every task).")
@@ -368,7 +372,7 @@ def main(argv=None):
     name = "strategies_quick" if args.quick else "strategies"
     results_path = os.path.join(args.output_dir, f"{name}.jsonl")
     cache_dir = os.path.abspath(args.cache_dir)
-    imre_dir = os.path.abspath(args.imre_dir)
+    imre_dir = os.path.abspath(args.imre_dir) if args.imre_dir else None
 
     planned = plan(args)
     if not args.report_only:

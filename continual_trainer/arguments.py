@@ -8,7 +8,8 @@ import torch
 from transformers import TrainingArguments
 
 # What each `strategy` switches on (SPEC §2). A switch left at None takes the preset's value; a switch set explicitly
-# wins over the preset, so ablations are "a preset minus one switch".
+# wins over the preset, so ablations are "a preset minus one switch". A preset's `distillation_weight` > 0 means "on":
+# its value then comes from TASK_HYPERPARAMETERS for the `task_type` (one table for scripts, configs and benchmarks).
 STRATEGY_PRESETS = {
     "finetune": dict(gradient_modulation=False, distillation_weight=0.0, memory_per_label=0, ewc_lambda=0.0,
                      lwf_weight=0.0),
@@ -23,8 +24,15 @@ STRATEGY_PRESETS = {
     "joint": dict(gradient_modulation=False, distillation_weight=0.0, memory_per_label=0, ewc_lambda=0.0,
                   lwf_weight=0.0),
 }  # fmt: skip
+# The paper's per-benchmark values (reference notes §7) of the MSPT mechanisms: α of the modulation and γ of the
+# attention distillation. They apply only where the preset (or an explicit switch) turns the mechanism on.
+TASK_HYPERPARAMETERS = {
+    "re": dict(modulation_alpha=0.1, distillation_weight=1.0),  # IMRE
+    "ner": dict(modulation_alpha=0.3, distillation_weight=0.1),  # IMNER
+}
 _CHOICES = {
     "strategy": tuple(STRATEGY_PRESETS),
+    "task_type": (None, "re", "ner"),
     "modulation_schedule": ("paper", "reference"),
     "distillation_pooling": ("width", "height", "both"),
     "distillation_impl": ("asymmetric", "pod", "reference"),
@@ -39,12 +47,18 @@ class ContinualTrainingArguments(TrainingArguments):
         metadata={"help": "Preset of the switches below: finetune | replay | ewc | lwf | mspt | joint (SPEC §2). "
                           "`joint` trains once on the union of all tasks (upper bound)."},
     )  # fmt: skip
+    task_type: str | None = field(
+        default=None,
+        metadata={"help": "re | ner: picks the paper's α and γ for the mechanisms the preset turns on "
+                          "(TASK_HYPERPARAMETERS; unset: IMRE's). The example scripts set it; training on a benchmark "
+                          "of the other type is refused."},
+    )  # fmt: skip
     gradient_modulation: bool | None = field(
         default=None, metadata={"help": "Balance text/vision learning speed by scaling the dominant stream's "
                                         "gradients (OGM-GE, analysis §3). Default: from `strategy`."}
     )  # fmt: skip
-    modulation_alpha: float = field(
-        default=0.1, metadata={"help": "α in k = 1 - tanh(α·ρ) (§3.1): 0.1 for IMRE, 0.3 for IMNER in the paper."}
+    modulation_alpha: float | None = field(
+        default=None, metadata={"help": "α in k = 1 - tanh(α·ρ) (§3.1). Default: the task type's (0.1 IMRE, 0.3 IMNER)."}
     )
     modulation_schedule: str = field(
         default="paper",
@@ -58,7 +72,8 @@ class ContinualTrainingArguments(TrainingArguments):
     )  # fmt: skip
     distillation_weight: float | None = field(
         default=None, metadata={"help": "γ, weight of attention distillation from the previous task's frozen model "
-                                        "(§4; 1 for IMRE, 0.1 for IMNER). 0 turns it off. Default: from `strategy`."}
+                                        "(§4). 0 turns it off. Default: off unless `strategy` turns it on, then the "
+                                        "task type's γ (1 for IMRE, 0.1 for IMNER)."}
     )  # fmt: skip
     distillation_pooling: str = field(
         default="width", metadata={"help": "Pool the pre-softmax maps over keys (`width`), queries (`height`) or both."}
@@ -121,13 +136,18 @@ class ContinualTrainingArguments(TrainingArguments):
             # Several processes and no GPU (`accelerate launch --multi_gpu` / torchrun on CPUs): without use_cpu the
             # process group is created but the Trainer does not run DDP (gloo); with it, it does.
             self.use_cpu = True
+        if self.dataloader_pin_memory and (self.use_cpu or not torch.accelerator.is_available()):
+            self.dataloader_pin_memory = False  # nothing to pin for; torch would warn once per data loader
         super().__post_init__()
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ValueError(f"`{name}` must be one of {choices}, got {getattr(self, name)!r}.")
+        task_values = TASK_HYPERPARAMETERS[self.task_type or "re"]
         for name, value in STRATEGY_PRESETS[self.strategy].items():
             if getattr(self, name) is None:
-                setattr(self, name, value)
+                setattr(self, name, task_values[name] if value and name in task_values else value)
+        if self.modulation_alpha is None:
+            self.modulation_alpha = task_values["modulation_alpha"]
         for name in ("modulation_alpha", "distillation_weight", "ewc_lambda", "lwf_weight", "memory_per_label",
                      "ewc_fisher_samples"):  # fmt: skip
             if getattr(self, name) < 0:

@@ -128,7 +128,7 @@ DEMO_DEFAULTS = {
     "per_device_eval_batch_size": 64,
     "learning_rate": 3e-3,
     "warmup_steps": 0.1,
-    "logging_steps": 25,
+    "logging_steps": 0.25,  # a ratio of each task's steps: four loss lines per task
     "save_strategy": "epoch",
     "save_total_limit": 1,
     "ddp_find_unused_parameters": False,
@@ -145,7 +145,9 @@ def run(task_type: str, defaults: dict):
 
     from .trainer import ContinualTrainer
 
-    model_args, data_args, training_args = parse_arguments(defaults)
+    model_args, data_args, training_args = parse_arguments({**defaults, "task_type": task_type})
+    if training_args.task_type != task_type:
+        raise ValueError(f"--task_type {training_args.task_type} given to a script that trains {task_type!r}.")
     setup_logging(training_args)
     set_seed(training_args.seed)
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # one push at the end, finish_run
@@ -166,26 +168,40 @@ def format_matrix(matrix) -> str:
     return "\n".join(f"after task {i + 1}: {row}" for i, row in enumerate(rows))
 
 
-def parse_arguments(defaults: dict):
-    """(ModelArguments, DataArguments, ContinualTrainingArguments) from the command line, or from a single .json /
-    .yaml file; `defaults` are the script's own defaults, overridden by anything given."""
-    import json
+def parse_arguments(defaults: dict, argv: list[str] | None = None):
+    """(ModelArguments, DataArguments, ContinualTrainingArguments) from the command line. The script's `defaults` are
+    the parser's own defaults (so `--help` shows what really runs); a `.json` / `.yaml` file as the first argument
+    overrides them, and the arguments after it override the file (`run_imre.py my.json --seed 1`)."""
     import sys
 
-    import yaml
     from transformers import HfArgumentParser
 
     from .arguments import ContinualTrainingArguments
 
     parser = HfArgumentParser((ModelArguments, DataArguments, ContinualTrainingArguments))
-    argv = sys.argv[1:]
-    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-        with open(argv[0], encoding="utf-8") as f:
-            given = json.load(f) if argv[0].endswith(".json") else yaml.safe_load(f)
-        if not isinstance(given, dict):
-            raise ValueError(f"{argv[0]} must hold a mapping of argument names to values.")
-        return parser.parse_dict({**defaults, **given})
-    return parser.parse_args_into_dataclasses(args=[f"--{k}={v}" for k, v in defaults.items()] + argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    values = dict(defaults)
+    if argv and argv[0].endswith((".json", ".yaml", ".yml")):
+        values.update(read_config_file(argv.pop(0), parser))
+    parser.set_defaults(**values)
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def read_config_file(path: str, parser) -> dict:
+    """A mapping of argument names to values; an unknown name is an error naming it (a typo would be ignored)."""
+    import json
+
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        given = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+    if not isinstance(given, dict):
+        raise ValueError(f"{path} must hold a mapping of argument names to values, got {type(given).__name__}.")
+    known = {action.dest for action in parser._actions}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown argument(s) {unknown}; `--help` lists the arguments.")
+    return given
 
 
 def setup_logging(training_args):
@@ -202,6 +218,9 @@ def setup_logging(training_args):
         logging.getLogger(name).setLevel(ours)
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
+    # One progress bar, the Trainer's: none per generated split and none per checkpoint written.
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def wants_resume(training_args) -> bool:

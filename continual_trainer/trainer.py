@@ -218,6 +218,10 @@ class ContinualTrainer(Trainer):
         test set and on each seen task's slice, update the replay memory, snapshot the frozen teacher and save the
         task state under `output_dir/task-XX/`. With `resume_from_checkpoint`, continue an interrupted run."""
         args = self.args
+        if args.task_type not in (None, benchmark.task_type):
+            raise ValueError(f"task_type={args.task_type!r} (its α and γ were applied) but the benchmark "
+                             f"{benchmark.name}/{benchmark.config_name} is {benchmark.task_type!r}: set "
+                             f"task_type={benchmark.task_type!r}.")  # fmt: skip
         self.benchmark = benchmark
         self.data_collator = MSPTDataCollator(self.processing_class, benchmark.task_type)
         self._eval_collator = MSPTDataCollator(self.processing_class, benchmark.task_type, with_task_ids=True)

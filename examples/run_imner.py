@@ -5,7 +5,9 @@
     accelerate launch examples/run_imner.py examples/configs/imner_plom_paper.json   # the paper setting
 
 Arguments: ModelArguments and DataArguments (continual_trainer/experiment.py) and ContinualTrainingArguments
-(continual_trainer/arguments.py), on the command line or in one .json/.yaml file; `--help` lists them. The run:
+(continual_trainer/arguments.py), on the command line or in a .json/.yaml file given first (arguments after it
+override the file); `--help` lists them with the defaults below. The paper's α and γ for this benchmark type apply only
+to the mechanisms the `--strategy` preset turns on (continual_trainer.arguments.TASK_HYPERPARAMETERS). The run:
 benchmark -> processor/model -> ContinualTrainer.train_tasks -> outputs (`continual_trainer.experiment.run`).
 Writes to --output_dir: the final model and processor, task-XX/ checkpoints, results.json, accuracy_matrix.png,
 modality_balance.png and a model card.
@@ -18,8 +20,6 @@ DEFAULTS = {
     "output_dir": "outputs/imner",
     "benchmark_config": "ner",
     "max_text_length": 128,
-    "modulation_alpha": 0.3,  # IMNER settings of the paper (analysis §7)
-    "distillation_weight": 0.1,
 }
 
 

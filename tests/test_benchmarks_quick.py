@@ -20,7 +20,8 @@ def test_quick_modes_of_both_benchmark_scripts(tmp_path):
         "step_cost": [sys.executable, str(ROOT / "benchmarks" / "step_cost.py"), "--quick", "--output-dir",
                       str(tmp_path / "step")],  # fmt: skip
         "strategies": [sys.executable, str(ROOT / "benchmarks" / "strategies.py"), "--quick", "--output-dir",
-                       str(tmp_path / "strategies"), "--cache-dir", str(tmp_path / "cache")],  # fmt: skip
+                       str(tmp_path / "strategies"), "--cache-dir", str(tmp_path / "cache"),
+                       "--imre-dir", str(ROOT / "tests" / "fixtures" / "imre")],  # fmt: skip
     }
     procs = {name: subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for name, cmd in commands.items()}  # fmt: skip
