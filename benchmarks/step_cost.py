@@ -58,7 +58,7 @@ from modeling_mspt import MSPTConfig, MSPTForRelationExtraction, MSPTForTokenCla
 logger = logging.getLogger("step_cost")
 
 # Model sizes. tiny = the offline demo model (examples/run_imre.py defaults); paper = BERT-base + CLIP ViT-B/32
-# (random init), batch 8, image 224 (analysis §7).
+# (random init), batch 8, image 224 (reference notes §7).
 SHAPES = {
     "tiny": dict(
         text=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256, vocab_size=1000),
@@ -74,7 +74,7 @@ SHAPES = {
         num_interaction_layers=3, batch=8,
     ),
 }
-TEXT_LENGTH = {"re": 80, "ner": 128}  # IMRE / IMNER max_seq (analysis §7)
+TEXT_LENGTH = {"re": 80, "ner": 128}  # IMRE / IMNER max_seq (reference notes §7)
 NUM_LABELS = {"re": 23, "ner": 9}  # MNRE relations incl. None; BIO over PER/LOC/ORG/MISC
 ALPHA = {task: values["modulation_alpha"] for task, values in TASK_HYPERPARAMETERS.items()}
 GAMMA = {task: values["distillation_weight"] for task, values in TASK_HYPERPARAMETERS.items()}

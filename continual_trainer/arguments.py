@@ -55,7 +55,7 @@ class ContinualTrainingArguments(TrainingArguments):
     )  # fmt: skip
     gradient_modulation: bool | None = field(
         default=None, metadata={"help": "Balance text/vision learning speed by scaling the dominant stream's "
-                                        "gradients (OGM-GE, analysis §3). Default: from `strategy`."}
+                                        "gradients (OGM-GE, reference notes §3). Default: from `strategy`."}
     )  # fmt: skip
     modulation_alpha: float | None = field(
         default=None, metadata={"help": "α in k = 1 - tanh(α·ρ) (§3.1). Default: the task type's (0.1 IMRE, 0.3 IMNER)."}

@@ -1,4 +1,4 @@
-"""Task metrics (analysis §8) and continual-learning summaries. All values are fractions in [0, 1]."""
+"""Task metrics (reference notes §8) and continual-learning summaries. All values are fractions in [0, 1]."""
 
 import numpy as np
 

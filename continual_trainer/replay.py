@@ -1,4 +1,4 @@
-"""Per-label random replay memory (analysis §5), selected per example (D9 fixed), seeded by (seed, task) so that every
+"""Per-label random replay memory (reference notes §5), selected per example (D9 fixed), seeded by (seed, task) so that every
 rank and every resumed run picks the same examples. Pure: it stores indices into each task's training set."""
 
 import numpy as np

@@ -9,7 +9,7 @@
 CoNLL style: an ``IMGID:<id>`` line, one ``word<TAB>tag`` line per word, a blank line after each
 sentence. ``OTHER`` is read as ``MISC``. Train/valid files tag only the task's type; every test
 file holds the same sentences, tagged for the types seen so far. A test sentence's ``task_id`` is
-the first task whose test file tags an entity in it (``-1``: never). See reference analysis §9.2.
+the first task whose test file tags an entity in it (``-1``: never). See reference notes §9.2.
 
 Without ``data_dir`` the ``sep-PLOM`` files are downloaded from the paper's repository at a pinned commit and
 checked against pinned SHA-256 sums (``remote``); images stay the user's (``image_dir``). ``polm``

@@ -14,7 +14,7 @@ the user's: pass ``image_dir`` (and ``crops_dir``). ``sep7`` is not pinned and n
 
 Train/val files hold the task's new relations plus ``None``; test files are cumulative. Every
 example's ``task_id`` is its file's task; in test files it is the first test file holding the line,
-i.e. the task that introduced it (the per-task test slices). See reference analysis §9.1.
+i.e. the task that introduced it (the per-task test slices). See reference notes §9.1.
 """
 
 import ast

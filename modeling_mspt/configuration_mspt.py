@@ -18,7 +18,7 @@ AUTO_MAP = {
 
 class MSPTConfig(PreTrainedConfig):
     r"""
-    Configuration of an MSPT dual-stream model (Chen et al., IJCAI 2024; analysis §2).
+    Configuration of an MSPT dual-stream model (Chen et al., IJCAI 2024; reference notes §2).
 
     Args:
         text_config (`BertConfig` or `dict`, *optional*):
@@ -27,7 +27,7 @@ class MSPTConfig(PreTrainedConfig):
             The vision stream (CLIP vision tower). Defaults to CLIP ViT-B/32 sizes.
         num_interaction_layers (`int`, *optional*, defaults to 3):
             How many of the last layers of each stream use the shared key and the modality attention biases
-            ("hand-in-hand" interaction, analysis §2.3). 0 gives two plain streams.
+            ("hand-in-hand" interaction, reference notes §2.3). 0 gives two plain streams.
         shared_key_mode (`str`, *optional*, defaults to `"bank"`):
             `"bank"`: a per-position key bank `[heads, positions, head_dim]` shared by both streams, so that
             attention depends on the input and the key learns (the fix of D1). `"reference"`: the released code's
@@ -37,7 +37,7 @@ class MSPTConfig(PreTrainedConfig):
             Longest text sequence in sub-tokens (80 for IMRE, 128 for IMNER in the paper). Sizes the text attention
             bias; inputs may be shorter (dynamic padding) but never longer.
         num_aux_images (`int`, *optional*, defaults to 0):
-            Object crops embedded next to the whole image (the reference uses 3, analysis §2.1). Each crop adds
+            Object crops embedded next to the whole image (the reference uses 3, reference notes §2.1). Each crop adds
             `(aux_image_size / patch_size) ** 2` vision tokens with their own learned position embeddings.
         aux_image_size (`int`, *optional*, defaults to 128):
             Side of an object crop in pixels; a multiple of the vision patch size.

@@ -1,4 +1,4 @@
-"""A linear-chain CRF, vectorised over the batch and the tags (the reference uses torchcrf, analysis §2.4).
+"""A linear-chain CRF, vectorised over the batch and the tags (the reference uses torchcrf, reference notes §2.4).
 
 Sequences are given with a left-aligned boolean mask: position t of sample b is real iff `mask[b, t]`, and the real
 positions of a sample come first. A sample with no real position has log-likelihood 0 and an empty path.

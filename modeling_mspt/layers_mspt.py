@@ -1,5 +1,5 @@
 """The building blocks of the two MSPT streams: embeddings, attention, layers, and the encoder whose last layers share
-a key between the text and vision streams (analysis §2.1-§2.3)."""
+a key between the text and vision streams (reference notes §2.1-§2.3)."""
 
 import torch
 import torch.nn.functional as F

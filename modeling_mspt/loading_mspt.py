@@ -1,4 +1,4 @@
-"""Copy a pretrained BERT and a pretrained CLIP vision tower into the two MSPT streams (analysis §2.1 "Initialisation":
+"""Copy a pretrained BERT and a pretrained CLIP vision tower into the two MSPT streams (reference notes §2.1 "Initialisation":
 the reference renames every tensor and asserts all were matched; so do we, and we also say which tensors are new)."""
 
 import re

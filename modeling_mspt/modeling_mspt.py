@@ -1,6 +1,6 @@
 """MSPT: a BERT text stream and a CLIP-ViT vision stream run layer by layer; the last `num_interaction_layers` layers of
 both streams replace their self-key by a learnable key shared by the two modalities plus a modality attention bias
-(analysis §2). Heads for relation extraction (§2.4, MRE) and NER with a CRF (§2.4, MNER) return per-modality logits from
+(reference notes §2). Heads for relation extraction (§2.4, MRE) and NER with a CRF (§2.4, MNER) return per-modality logits from
 the split head weight for gradient modulation (§3.1, with the D6 fix).
 """
 
@@ -25,7 +25,7 @@ logger = logging.get_logger(__name__)
 @dataclass
 class MSPTInteractionAttentions(ModelOutput):
     r"""
-    Pre-softmax attention maps `S = Q K^T / sqrt(d) + B + mask` of the interaction layers (analysis §2.3), per modality.
+    Pre-softmax attention maps `S = Q K^T / sqrt(d) + B + mask` of the interaction layers (reference notes §2.3), per modality.
 
     text (`tuple(torch.FloatTensor)`, one per interaction layer, each `[batch, heads, text_len, text_len]`):
         Text maps. Entries whose query or key is padding are set to 0, so sums over a row or column run over

@@ -1,7 +1,7 @@
 """MSPTProcessor: a BERT tokenizer and a CLIP image processor behind one call, for both MSPT tasks.
 
 - Relation extraction: entity markers `<s> … </s>` around the head and `<o> … </o>` around the tail, from word spans
-  `[start, end)` (analysis §2.1). Unlike the reference, a closing marker is emitted at the end of the sentence too (D23).
+  `[start, end)` (reference notes §2.1). Unlike the reference, a closing marker is emitted at the end of the sentence too (D23).
 - NER: word-level tags are aligned to the first sub-token of each word; other sub-tokens and special tokens get -100;
   `word_start_mask` marks the first sub-tokens (the CRF runs over them).
 - A missing image (`None`) becomes zero pixels with `image_mask = 0`.

@@ -1,5 +1,5 @@
 """The builders on real split files: the miniature copies in tests/fixtures (always) and the full files in
-$MSPT_DATA_DIR (sizes and counts of the reference analysis §9; skipped when it is unset).
+$MSPT_DATA_DIR (sizes and counts of the reference notes §9; skipped when it is unset).
 
 The behaviour tests (parsing, label order, task ids, cumulative test slices, the sep5 quirk) run on both."""
 
@@ -153,7 +153,7 @@ def test_imre_tests_are_cumulative_and_tagged_with_the_introducing_task(imre):
     for task in benchmark.tasks:
         current = _test_rows(task.test)
         lost = previous - current
-        # analysis §9.1: sep5 is nested except one /per/per/peer test example of task 0; sep10 is nested
+        # reference notes §9.1: sep5 is nested except one /per/per/peer test example of task 0; sep10 is nested
         assert sum(lost.values()) == (1 if config == "sep5" and task.task_id == 1 else 0), task.task_id
         ids = collections.Counter(task.test["task_id"][:])
         assert ids[task.task_id] == len(task.test) - (sum(previous.values()) - sum(lost.values()))
