@@ -3,7 +3,7 @@
 MSPT, and a short run on the real IMRE sep5 text with the pretrained MiniLM text tower.
 
     OMP_NUM_THREADS=1 python benchmarks/strategies.py --suite presets ablations imre --workers 2
-    OMP_NUM_THREADS=1 python benchmarks/strategies.py --quick           # seconds: smoke run of every code path
+    OMP_NUM_THREADS=1 python benchmarks/strategies.py --quick --imre-dir tests/fixtures/imre   # smoke run, seconds
     python benchmarks/strategies.py --report-only                       # tables from the runs recorded so far
 
 Every run is `ContinualTrainer.train_tasks` as `examples/run_imre.py` / `run_imner.py` run it (tiny model from
@@ -366,7 +366,8 @@ def main(argv=None):
         args.seeds, args.ablation_seeds = [0], [0]
         args.presets, args.tasks = ["finetune", "mspt", "joint"], ["re", "ner"]
         args.ablations = ["shared_key_reference", "sgd"]
-        args.imre_train_per_task, args.imre_test_fraction, args.imre_epochs, args.imre_presets = 4, 0.01, 1, ["mspt"]
+        # The IMRE smoke run is meant for the real-format excerpts (--imre-dir tests/fixtures/imre): whole test sets.
+        args.imre_train_per_task, args.imre_test_fraction, args.imre_epochs, args.imre_presets = 4, 1.0, 1, ["mspt"]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     os.makedirs(args.output_dir, exist_ok=True)
     name = "strategies_quick" if args.quick else "strategies"
