@@ -1,6 +1,6 @@
 """A small continual run for the resume and multi-process tests (run as a subprocess, also under torchrun).
 
-    python continual_run.py OUT_DIR CACHE_DIR [--kill-at-step N] [--resume] [--batch B] [--no-dropout] [--epochs E] [--drop-last]
+    python continual_run.py OUT_DIR CACHE_DIR [--kill-at-step N] [--resume] [--batch B] [--no-dropout] [--epochs E] [--drop-last] [--live-teacher] [--threads T]
 
 Writes OUT_DIR/result.json on rank 0. With --kill-at-step, the process SIGKILLs itself at that optimizer step of the
 second task (after the checkpoint two steps earlier was written), like a crash.
@@ -40,8 +40,10 @@ def main():
     parser.add_argument("--no-dropout", action="store_true")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--drop-last", action="store_true", help="drop incomplete batches (DDP pads them otherwise)")
+    parser.add_argument("--live-teacher", action="store_true", help="cache_teacher_attention=False")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (another summation order than 1)")
     a = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(a.threads)
     bench = load_benchmark("synthetic", "re", cache_dir=a.cache_dir, num_tasks=3, train_per_task=48,
                            validation_per_task=8, test_per_task=24)  # fmt: skip
     model, processor = tiny_setup(bench)
@@ -52,7 +54,8 @@ def main():
             elif isinstance(getattr(module, "dropout", None), float):
                 module.dropout = 0.0
     args = tiny_args(a.out_dir, "mspt", num_train_epochs=a.epochs, per_device_train_batch_size=a.batch, save_strategy="steps",
-                     save_steps=2, ddp_find_unused_parameters=False, dataloader_drop_last=a.drop_last)  # fmt: skip
+                     save_steps=2, ddp_find_unused_parameters=False, dataloader_drop_last=a.drop_last,
+                     cache_teacher_attention=not a.live_teacher)  # fmt: skip
     callbacks = [KillInTaskTwo(a.kill_at_step)] if a.kill_at_step else None
     trainer = ContinualTrainer(model=model, args=args, processing_class=processor, callbacks=callbacks)
     result = trainer.train_tasks(bench, resume_from_checkpoint=a.resume)
