@@ -34,8 +34,11 @@ from modeling_mspt import (
 from modeling_mspt.graph_mspt import MSPTKnowledgeGraph, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
+# Every argument the learning depends on is given here, so that a change of the example scripts' defaults does not
+# change what these tests measure.
 TRAIN = ["--synthetic_num_tasks", "1", "--synthetic_train_per_task", "600", "--synthetic_test_per_task", "20",
-         "--num_train_epochs", "40", "--re_pooling", "entity", "--save_strategy", "no",
+         "--num_train_epochs", "40", "--re_pooling", "entity", "--strategy", "mspt", "--learning_rate", "3e-3",
+         "--per_device_train_batch_size", "16", "--warmup_steps", "0.1", "--seed", "0", "--save_strategy", "no",
          "--disable_tqdm", "true"]  # fmt: skip
 NUM_POSTS = 80
 # Thresholds. Measured with these models (training seed 0) on these 80 posts (seed 1): entities P 0.92 R 0.91;
@@ -44,6 +47,12 @@ NUM_POSTS = 80
 # (medians 0.90 / 0.89, 0.81 / 0.81, 0.76 / 0.72). Random models score entities P <= 0.04 and no triple. With the
 # paper's CLS pooling the same budget does not learn direction (given-entities precision 0.41-0.42, a reversed pair
 # is judged right 21 times in 46), hence `--re_pooling entity`, also the RE example's default.
+# Issue 11 (item 3), partial sweep, posts seed 1: training seed 0 with 1 and 2 threads, seeds 1-2 with 2 threads
+# (4 runs): entities P 0.85-0.93 R 0.84-0.89; triples with the entities given P 0.65-0.82 R 0.64-0.73 (seed 0:
+# 0.82 / 0.73 with 1 thread, 0.74 / 0.66 with 2: the thread count alone moves the RE stage); end to end
+# P 0.58-0.78 R 0.57-0.64. Seeds 3-4 and the ATEN_CPU_CAPABILITY=default runs are still to be measured; on another
+# AMD EPYC the RE stage fell to P 0.46 R 0.36, so the RE training at this scale is not yet robust (thresholds
+# unchanged until it is).
 ENTITY_PRECISION, ENTITY_RECALL = 0.70, 0.70
 TRIPLE_PRECISION, TRIPLE_RECALL = 0.55, 0.55  # directed, entities given
 END_TO_END_PRECISION, END_TO_END_RECALL = 0.45, 0.45  # directed, NER then RE
