@@ -118,7 +118,9 @@ def test_ewc_fisher_is_the_mean_of_per_example_squared_gradients(synthetic_bench
     for f, expected in zip(fisher, per_example):
         torch.testing.assert_close(f, expected, rtol=1e-4, atol=1e-10)
     total, squared_mean = sum(f.sum() for f in fisher), sum(b.sum() for b in batch_mean)
-    assert total > 3 * squared_mean  # the square of the batch-mean gradient is several times smaller
+    # The square of the batch-mean gradient is several times smaller (>= 1 by Jensen). Over 5 data x init seeds, with
+    # 1 and 2 threads (identical): ratio min 2.63, median 3.57 (issue 11); the bar sits below the worst case.
+    assert total > 2 * squared_mean
 
 
 def test_ner_teacher_skips_the_viterbi_decode(synthetic_benchmarks):
