@@ -1,6 +1,12 @@
 """MSPT configuration: a BERT text stream, a CLIP-ViT vision stream, the interaction settings and the label space."""
 
+import difflib
+import re
+from dataclasses import fields
+
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig, PreTrainedConfig
+from transformers.activations import ACT2FN
 from transformers.configuration_utils import SubConfigSpec
 
 SHARED_KEY_MODES = ("bank", "reference")
@@ -71,11 +77,21 @@ class MSPTConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         if self.id2label is None and self.label2id is not None:
             self.id2label = {int(i): name for name, i in self.label2id.items()}
+        for key, spec in self.sub_configs_defaults.items():  # built here so that a bad tower value names its tower
+            try:
+                sub_config, kwargs = spec.create_subconfig(key, getattr(self, key), **kwargs)
+            except StrictDataclassError as err:
+                field = re.search(r"field '(\w+)'", str(err))
+                raise ValueError(
+                    f"`{key}.{field.group(1) if field else '?'}` is invalid: {err.__cause__ or err}; pass a value of "
+                    "the documented type."
+                ) from err
+            setattr(self, key, sub_config)
         super().__post_init__(**kwargs)
         if self.label2id is None:
             self.label2id = {name: i for i, name in self.id2label.items()}
         self.auto_map = {**AUTO_MAP, **(self.auto_map or {})}
-        self.validate_mspt()
+        self.validate_architecture()
 
     @property
     def vision_seq_length(self) -> int:
@@ -83,7 +99,11 @@ class MSPTConfig(PreTrainedConfig):
         v = self.vision_config
         return 1 + (v.image_size // v.patch_size) ** 2 + self.num_aux_images * (self.aux_image_size // v.patch_size) ** 2
 
-    def validate_mspt(self):
+    def validate_architecture(self):
+        """Every MSPT field and every tower field MSPT's layers read, in range and of the right type; raises a
+        `ValueError` naming the field, the value and the fix. Run on construction and again when a model is built
+        (values may have been changed in between, e.g. by `from_pretrained(..., max_text_length=...)`)."""
+        super().validate_architecture()
         t, v = self.text_config, self.vision_config
         if t.model_type != "bert":
             raise ValueError(f"`text_config` must be a BERT-family config (model_type 'bert'), got {t.model_type!r}.")
@@ -91,12 +111,43 @@ class MSPTConfig(PreTrainedConfig):
             raise ValueError(
                 f"`vision_config` must be a CLIP vision config (model_type 'clip_vision_model'), got {v.model_type!r}."
             )
+        _check_unknown_keys(self)
+        for name, cfg, sizes, probabilities in (("text_config", t, _TEXT_SIZES, _TEXT_PROBABILITIES),
+                                                ("vision_config", v, _VISION_SIZES, _VISION_PROBABILITIES)):  # fmt: skip
+            for field in sizes:
+                _check_int(f"{name}.{field}", getattr(cfg, field), 1)
+            for field in probabilities:
+                _check_fraction(f"{name}.{field}", getattr(cfg, field))
+            if not _is_number(cfg.layer_norm_eps) or cfg.layer_norm_eps <= 0:
+                raise ValueError(f"`{name}.layer_norm_eps` must be a positive number, got {cfg.layer_norm_eps!r}.")
+            if not isinstance(cfg.hidden_act, str) or cfg.hidden_act not in ACT2FN:
+                raise ValueError(
+                    f"`{name}.hidden_act` must name a transformers activation (e.g. 'gelu', 'quick_gelu', 'relu'), "
+                    f"got {cfg.hidden_act!r}."
+                )
+            if cfg.hidden_size % cfg.num_attention_heads:
+                raise ValueError(
+                    f"`{name}.hidden_size` ({cfg.hidden_size}) must be divisible by `{name}.num_attention_heads` "
+                    f"({cfg.num_attention_heads}); pick a head count that divides it."
+                )
+        if t.pad_token_id is not None and not (_is_int(t.pad_token_id) and 0 <= t.pad_token_id < t.vocab_size):
+            raise ValueError(
+                f"`text_config.pad_token_id` must be None or an id below `text_config.vocab_size` ({t.vocab_size}), "
+                f"got {t.pad_token_id!r}."
+            )
+        if v.patch_size > v.image_size or v.image_size % v.patch_size:
+            raise ValueError(
+                f"`vision_config.image_size` ({v.image_size}) must be a multiple of `vision_config.patch_size` "
+                f"({v.patch_size}); set image_size to a multiple of patch_size."
+            )
+
         if self.shared_key_mode not in SHARED_KEY_MODES:
             raise ValueError(f"`shared_key_mode` must be one of {SHARED_KEY_MODES}, got {self.shared_key_mode!r}.")
         if self.re_pooling not in RE_POOLINGS:
             raise ValueError(f"`re_pooling` must be one of {RE_POOLINGS}, got {self.re_pooling!r}.")
         depth = min(t.num_hidden_layers, v.num_hidden_layers)
-        if not 0 <= self.num_interaction_layers <= depth:
+        _check_int("num_interaction_layers", self.num_interaction_layers, 0)
+        if self.num_interaction_layers > depth:
             raise ValueError(
                 f"`num_interaction_layers` must be between 0 and the shallower stream's depth ({depth}), "
                 f"got {self.num_interaction_layers}."
@@ -109,34 +160,105 @@ class MSPTConfig(PreTrainedConfig):
                 f"text_config has {t.hidden_size}/{t.num_attention_heads}, vision_config has "
                 f"{v.hidden_size}/{v.num_attention_heads}. Pick matching towers or set `num_interaction_layers=0`."
             )
-        for name, cfg in (("text_config", t), ("vision_config", v)):
-            if cfg.hidden_size % cfg.num_attention_heads:
-                raise ValueError(
-                    f"`{name}.hidden_size` ({cfg.hidden_size}) must be divisible by "
-                    f"`{name}.num_attention_heads` ({cfg.num_attention_heads})."
-                )
-        if not 1 <= self.max_text_length <= t.max_position_embeddings:
+        _check_int("max_text_length", self.max_text_length, 1)
+        if self.max_text_length > t.max_position_embeddings:
             raise ValueError(
                 f"`max_text_length` must be between 1 and `text_config.max_position_embeddings` "
                 f"({t.max_position_embeddings}), got {self.max_text_length}."
             )
-        if v.image_size % v.patch_size:
+        _check_int("num_aux_images", self.num_aux_images, 0)
+        if self.num_aux_images:
+            _check_int("aux_image_size", self.aux_image_size, 1)
+            if self.aux_image_size % v.patch_size:
+                raise ValueError(
+                    f"`aux_image_size` must be a positive multiple of `vision_config.patch_size` ({v.patch_size}), "
+                    f"got {self.aux_image_size!r}."
+                )
+        if not _is_number(self.classifier_dropout) or not 0.0 <= self.classifier_dropout < 1.0:
+            raise ValueError(f"`classifier_dropout` must be a number in [0, 1), got {self.classifier_dropout!r}.")
+        self._validate_labels()
+
+    def _validate_labels(self):
+        id2label = self.id2label
+        if not id2label:
             raise ValueError(
-                f"`vision_config.image_size` ({v.image_size}) must be a multiple of `vision_config.patch_size` "
-                f"({v.patch_size})."
+                f"`id2label` must name at least one label, got {id2label!r}; pass the full label space over all "
+                "tasks, e.g. id2label={0: 'None', 1: '/per/per/peer'}."
             )
-        if self.num_aux_images < 0:
-            raise ValueError(f"`num_aux_images` must be >= 0, got {self.num_aux_images}.")
-        if self.num_aux_images and (self.aux_image_size <= 0 or self.aux_image_size % v.patch_size):
+        ids = sorted(id2label)
+        if ids != list(range(len(ids))):
+            raise ValueError(f"`id2label` ids must be 0..{len(ids) - 1} (one per label), got {ids}; renumber them.")
+        seen = {}
+        for i in ids:
+            if id2label[i] in seen:
+                raise ValueError(
+                    f"`id2label` names {id2label[i]!r} twice (ids {seen[id2label[i]]} and {i}); label names must "
+                    "be unique."
+                )
+            seen[id2label[i]] = i
+        if self.label2id is not None and {int(i): n for n, i in self.label2id.items()} != id2label:
+            raise ValueError("`label2id` is not the inverse of `id2label`; pass one of them or both consistently.")
+
+
+# The tower fields MSPT's own layers read (layers_mspt.py): a value out of range would fail deep inside torch.
+_TEXT_SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+               "max_position_embeddings", "type_vocab_size")  # fmt: skip
+_VISION_SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "image_size",
+                 "patch_size", "num_channels")  # fmt: skip
+_TEXT_PROBABILITIES = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+_VISION_PROBABILITIES = ("attention_dropout",)
+_TOWER_FIELDS = {"text_config": set(_TEXT_SIZES + _TEXT_PROBABILITIES) | {"layer_norm_eps", "hidden_act"},
+                 "vision_config": set(_VISION_SIZES + _VISION_PROBABILITIES) | {"layer_norm_eps", "hidden_act"}}  # fmt: skip
+_OWN_FIELDS = ("text_config", "vision_config", "num_interaction_layers", "shared_key_mode", "max_text_length",
+               "num_aux_images", "aux_image_size", "re_pooling", "classifier_dropout", "id2label", "label2id")  # fmt: skip
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_int(name, value, low):
+    if not _is_int(value) or value < low:
+        kind = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ValueError(f"`{name}` must be {kind}, got {value!r}.")
+
+
+def _check_fraction(name, value):
+    if not _is_number(value) or not 0.0 <= value < 1.0:
+        raise ValueError(f"`{name}` must be a probability in [0, 1), got {value!r}.")
+
+
+def _extra_keys(config) -> list[str]:
+    """Public attributes that are not dataclass fields: keys a config dict carried that no field took."""
+    known = {f.name for f in fields(config)} | {"model_type"}
+    return [k for k in vars(config) if not k.startswith("_") and k not in known]
+
+
+def _check_unknown_keys(config):
+    """A key that looks like a field but is not one would be kept as a plain attribute and ignored, so the model
+    would be built with the default instead (e.g. `num_interaction_layer` in a hand-edited config.json)."""
+    for key in _extra_keys(config):
+        towers = [name for name, known in _TOWER_FIELDS.items() if key in known]
+        if towers:
             raise ValueError(
-                f"`aux_image_size` ({self.aux_image_size}) must be a positive multiple of "
-                f"`vision_config.patch_size` ({v.patch_size})."
+                f"`{key}` is a field of {' and '.join(f'`{n}`' for n in towers)}, not of MSPTConfig, and would be "
+                f"ignored here; pass it inside the sub-config, e.g. {towers[0]}={{'{key}': ...}}."
             )
-        if not 0.0 <= self.classifier_dropout < 1.0:
-            raise ValueError(f"`classifier_dropout` must be in [0, 1), got {self.classifier_dropout}.")
-        if self.label2id is not None and self.id2label is not None:
-            if {int(i): n for n, i in self.label2id.items()} != self.id2label:
-                raise ValueError("`label2id` is not the inverse of `id2label`; pass one of them or both consistently.")
+        close = difflib.get_close_matches(key, _OWN_FIELDS, n=1, cutoff=0.8)
+        if close:
+            raise ValueError(f"`{key}` is not an MSPTConfig field (it would be ignored); did you mean `{close[0]}`?")
+    for name in ("text_config", "vision_config"):
+        for key in _extra_keys(getattr(config, name)):
+            close = difflib.get_close_matches(key, sorted(_TOWER_FIELDS[name]), n=1, cutoff=0.8)
+            if close:
+                raise ValueError(
+                    f"`{name}.{key}` is not a field of {type(getattr(config, name)).__name__} (it would be ignored); "
+                    f"did you mean `{name}.{close[0]}`?"
+                )
 
 
 __all__ = ["MSPTConfig"]

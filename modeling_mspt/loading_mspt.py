@@ -1,5 +1,6 @@
 """Copy a pretrained BERT and a pretrained CLIP vision tower into the two MSPT streams (reference notes §2.1 "Initialisation":
-the reference renames every tensor and asserts all were matched; so do we, and we also say which tensors are new)."""
+the reference renames every tensor and asserts all were matched; so do we, and we also say which tensors are new), and
+refuse an MSPT checkpoint saved from another head before its weights are loaded."""
 
 import re
 
@@ -35,6 +36,42 @@ _VISION_RULES = [
 ]
 _TOWER_PREFIXES = ("text_embeddings.", "encoder.text_layers.", "vision_embeddings.", "encoder.vision_layers.",
                    "vision_post_layernorm.")  # fmt: skip
+
+
+# The class each MSPT checkpoint kind loads with, its Auto class and what it does.
+HEADS = {
+    "MSPTModel": ("AutoModel", "the shared encoder"),
+    "MSPTForRelationExtraction": ("AutoModelForSequenceClassification", "relation extraction"),
+    "MSPTForTokenClassification": ("AutoModelForTokenClassification", "named-entity recognition"),
+}
+
+
+def check_architecture(model_class: str, model_type, architectures, id2label, source) -> None:
+    """Refuse to load a checkpoint into `model_class` when it was saved from another head (or is not MSPT at all):
+    `from_pretrained` would fill the new head with the other head's weights and labels, with only a load report to
+    say so. `MSPTModel` loads the encoder of any MSPT checkpoint and a head may start from an `MSPTModel` checkpoint
+    (its new weights are reported by transformers); a checkpoint without `architectures` is not checked."""
+    saved = list(architectures or [])
+    if model_type not in (None, "mspt"):
+        raise ValueError(
+            f"{str(source)!r} holds a {model_type!r} checkpoint ({', '.join(saved) or 'no architectures'}), not an "
+            f"MSPT one. Build an MSPT model from a BERT and a CLIP checkpoint with "
+            f"`{model_class}.from_text_vision_pretrained(text_path, vision_path)`."
+        )
+    if not saved or model_class in saved or model_class == "MSPTModel" or saved == ["MSPTModel"]:
+        return
+    got = saved[0]
+    auto, task = HEADS.get(got, (None, None))
+    labels = list((id2label or {}).values())
+    shown = ", ".join(map(str, labels[:6])) + (", ..." if len(labels) > 6 else "")
+    what = f" ({task}; labels {shown})" if task else ""
+    loader = f"`{got}.from_pretrained` or `{auto}.from_pretrained`" if auto else f"`{got}`"
+    raise ValueError(
+        f"{str(source)!r} holds a {got} checkpoint{what}, not a {model_class} one: its weights and labels would fill "
+        f"the wrong head. Load it with {loader}. To reuse only its encoder under a new {HEADS[model_class][1]} head, "
+        f"build `{model_class}(config)` with your labels and load `MSPTModel.from_pretrained(path).state_dict()` into "
+        "its `.mspt`."
+    )
 
 
 def _rename(name, rules):
@@ -112,4 +149,4 @@ def load_towers(cls, text_path, vision_path, output_loading_info=False, **config
     return model
 
 
-__all__ = ["load_towers"]
+__all__ = ["HEADS", "check_architecture", "load_towers"]

@@ -9,14 +9,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
 from .configuration_mspt import MSPTConfig
 from .crf_mspt import MSPTCRF
 from .layers_mspt import MSPTEncoder, MSPTInteractionParameters, MSPTTextEmbeddings, MSPTVisionEmbeddings
-from .loading_mspt import load_towers
+from .loading_mspt import check_architecture, load_towers
 
 logger = logging.get_logger(__name__)
 
@@ -99,6 +99,26 @@ class MSPTPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     input_modalities = ("image", "text")
 
+    def __init__(self, config: MSPTConfig, *args, **kwargs):
+        if isinstance(config, MSPTConfig):  # fields may have changed since the config was built
+            config.validate_architecture()
+        super().__init__(config, *args, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
+        """`PreTrainedModel.from_pretrained`, after checking that the checkpoint was saved from this head (or is an
+        `MSPTModel` one): a relation-extraction checkpoint never fills an NER head, nor the reverse."""
+        if isinstance(config, PreTrainedConfig):  # e.g. from the Auto classes, which read config.json first
+            saved = {k: getattr(config, k, None) for k in ("model_type", "architectures", "id2label")}
+        elif config is not None or pretrained_model_name_or_path is not None:
+            hub = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+            saved, _ = PreTrainedConfig.get_config_dict(config or pretrained_model_name_or_path, **hub)
+        else:
+            saved = {}
+        check_architecture(cls.__name__, saved.get("model_type"), saved.get("architectures"), saved.get("id2label"),
+                           pretrained_model_name_or_path or config)  # fmt: skip
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+
     def _init_weights(self, module):
         super()._init_weights(module)
         if isinstance(module, MSPTVisionEmbeddings):
@@ -121,6 +141,9 @@ class MSPTPreTrainedModel(PreTrainedModel):
         Raises `ValueError` if a checkpoint is not of the expected family or a tower tensor does not match.
         """
         return load_towers(cls, text_model_name_or_path, vision_model_name_or_path, **kwargs)
+
+
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 
 
 def _additive_mask(valid: torch.Tensor, dtype) -> torch.Tensor:
