@@ -172,7 +172,13 @@ class MSPTModel(MSPTPreTrainedModel):
         c = self.config
         if input_ids is None or input_ids.dim() != 2:
             raise ValueError("`input_ids` must be a [batch, length] tensor.")
+        if input_ids.is_floating_point():
+            raise ValueError(f"`input_ids` must hold integer token ids, got dtype {input_ids.dtype}.")
         batch, length = input_ids.shape
+        if batch == 0:
+            raise ValueError("`input_ids` is an empty batch (0 rows); skip empty batches before calling the model.")
+        if length == 0:
+            raise ValueError("`input_ids` has no tokens (length 0); every row needs at least [CLS] (use MSPTProcessor).")
         if length > c.max_text_length:
             raise ValueError(
                 f"`input_ids` has length {length} but config.max_text_length is {c.max_text_length}; "
@@ -183,6 +189,11 @@ class MSPTModel(MSPTPreTrainedModel):
                              ("aux_mask", aux_mask)):  # fmt: skip
             if tensor is not None and tensor.shape[0] != batch:
                 raise ValueError(f"`{name}` has batch size {tensor.shape[0]} but `input_ids` has {batch}.")
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(f"`attention_mask` has shape {list(attention_mask.shape)} but `input_ids` has "
+                             f"{list(input_ids.shape)}.")  # fmt: skip
+        if image_mask is not None and image_mask.dim() != 1:
+            raise ValueError(f"`image_mask` must be [batch] (1 with an image, 0 without), got {list(image_mask.shape)}.")
         size = c.vision_config.image_size
         if pixel_values is not None and tuple(pixel_values.shape[1:]) != (c.vision_config.num_channels, size, size):
             raise ValueError(
@@ -231,6 +242,9 @@ class MSPTModel(MSPTPreTrainedModel):
             image_mask = torch.zeros(batch, device=device)
         if image_mask is None:
             image_mask = torch.ones(batch, device=device)
+        # Absent images and crops are selected away, never multiplied by 0: NaN * 0 is NaN.
+        has_image = image_mask.bool()
+        pixel_values = torch.where(has_image[:, None, None, None], pixel_values, 0.0)
 
         text_valid = attention_mask.bool()
         vision_valid = torch.ones(batch, c.vision_seq_length, dtype=torch.bool, device=device)
@@ -240,6 +254,7 @@ class MSPTModel(MSPTPreTrainedModel):
                 aux_pixel_values = pixel_values.new_zeros(batch, c.num_aux_images, c.vision_config.num_channels, a, a)
                 aux_mask = torch.zeros(batch, c.num_aux_images, device=device)
             if aux_mask is not None:
+                aux_pixel_values = torch.where(aux_mask.bool()[:, :, None, None, None], aux_pixel_values, 0.0)
                 tokens_per_crop = (c.aux_image_size // c.vision_config.patch_size) ** 2
                 crop_valid = aux_mask.bool().repeat_interleave(tokens_per_crop, dim=1)
                 vision_valid = torch.cat([vision_valid[:, : -crop_valid.shape[1]], crop_valid], dim=1)
@@ -253,7 +268,7 @@ class MSPTModel(MSPTPreTrainedModel):
             _additive_mask(vision_valid, vision_states.dtype),
             return_scores=output_interaction_attentions,
         )
-        pooled = self.vision_post_layernorm(vision_states[:, 0]) * image_mask.to(vision_states.dtype).unsqueeze(1)
+        pooled = torch.where(has_image[:, None], self.vision_post_layernorm(vision_states[:, 0]), 0.0)
 
         interaction = None
         if output_interaction_attentions:
@@ -285,6 +300,14 @@ def _split_head(classifier: nn.Linear, vision_features, text_features):
 
 def _mask_labels(logits, label_mask):
     return logits if label_mask is None else logits.masked_fill(~label_mask.bool(), -1e4)
+
+
+def _fail_if(bad: torch.Tensor, message: str):
+    """Raise `ValueError(message)` if any of `bad` is set; on CUDA a device-side assert instead (no host sync)."""
+    if bad.device.type == "cuda":
+        torch._assert_async(~bad.any(), message)
+    elif bad.any():
+        raise ValueError(message)
 
 
 def _check_labels(labels, num_labels, valid):
@@ -339,6 +362,7 @@ class MSPTForRelationExtraction(MSPTPreTrainedModel):
             the others get a logit of -1e4 in `logits` (the per-modality logits are left as they are).
         Other arguments as in [`MSPTModel.forward`].
         """
+        self.mspt._check_inputs(input_ids, attention_mask, pixel_values, image_mask, aux_pixel_values, aux_mask)
         if labels is not None:
             _check_labels(labels, self.num_labels, labels != -100)
             if labels.shape[0] != input_ids.shape[0]:
@@ -356,7 +380,9 @@ class MSPTForRelationExtraction(MSPTPreTrainedModel):
             self.classifier, self.dropout(out.vision_pooler_output), self.dropout(text_features)
         )
         logits = _mask_labels(vision_logits + text_logits, label_mask)
-        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        loss = None
+        if labels is not None:  # mean over the labelled rows; 0 (and zero gradients) when none is, never 0/0 = NaN
+            loss = F.cross_entropy(logits, labels, reduction="sum") / (labels != -100).sum().clamp_min(1)
         return MSPTRelationExtractionOutput(
             loss=loss,
             logits=logits,
@@ -409,20 +435,30 @@ class MSPTForTokenClassification(MSPTPreTrainedModel):
         r"""
         word_start_mask (`[batch, text_len]`): 1 at the first sub-token of each word (MSPTProcessor gives it). The CRF
             runs over these positions. Without it: `labels != -100` when labels are given, else `attention_mask`.
-        labels (`[batch, text_len]`): tag ids at word starts, -100 elsewhere.
+        labels (`[batch, text_len]`): tag ids at word starts, -100 elsewhere. A row that is -100 everywhere is left out
+            of the loss (the loss is the mean over labelled rows; 0 with zero gradients if none is); a labelled row
+            needs a tag at every word start, since the CRF scores the whole chain.
         label_mask (`[num_labels]` bool): tags that may be predicted; the others get an emission of -1e4.
         return_tags (`bool`, *optional*): run the Viterbi decode and return `tags`; default: in eval mode only.
         Other arguments as in [`MSPTModel.forward`].
         """
+        self.mspt._check_inputs(input_ids, attention_mask, pixel_values, image_mask, aux_pixel_values, aux_mask)
+        for name, tensor in (("word_start_mask", word_start_mask), ("labels", labels)):
+            if tensor is not None and tensor.shape != input_ids.shape:
+                raise ValueError(f"`{name}` has shape {list(tensor.shape)} but `input_ids` has {list(input_ids.shape)}.")
         if word_start_mask is None:
             word_start_mask = (labels != -100) if labels is not None else attention_mask
             if word_start_mask is None:
                 word_start_mask = torch.ones_like(input_ids)
         words = word_start_mask.bool()
         if labels is not None:
-            if labels.shape != input_ids.shape:
-                raise ValueError(f"`labels` has shape {list(labels.shape)} but `input_ids` has {list(input_ids.shape)}.")
-            _check_labels(labels, self.num_labels, words)
+            tagged = labels != -100
+            labelled_rows = (tagged & words).any(dim=1)  # [B]; rows with no tag at all are left out of the loss
+            _fail_if(words & ~tagged & labelled_rows[:, None],
+                     "`labels` is -100 at a word start of a row that has other tags; the CRF tags every word start "
+                     "of a row, so give that word a tag, or set it to 0 in `word_start_mask`, or set the whole row "
+                     "to -100 to leave it out of the loss.")  # fmt: skip
+            _check_labels(labels, self.num_labels, words & labelled_rows[:, None])
         out = self.mspt(input_ids, attention_mask, token_type_ids, pixel_values, image_mask, aux_pixel_values,
                         aux_mask, output_interaction_attentions)  # fmt: skip
         text = out.text_last_hidden_state  # [B, L, D]
@@ -438,7 +474,9 @@ class MSPTForTokenClassification(MSPTPreTrainedModel):
         loss = None
         if labels is not None:
             packed_labels = labels.gather(1, order)
-            loss = -self.crf.log_likelihood(packed_logits, packed_labels, packed_mask).mean()
+            scored = packed_mask & labelled_rows[:, None]  # an unlabelled row has no real position: log-likelihood 0
+            log_likelihood = self.crf.log_likelihood(packed_logits, packed_labels, scored)  # [B]
+            loss = -log_likelihood.sum() / labelled_rows.sum().clamp_min(1)
         tags = None
         if (not self.training) if return_tags is None else return_tags:
             packed_tags = self.crf.decode(packed_logits, packed_mask).masked_fill(~packed_mask, -100)
