@@ -127,6 +127,12 @@ class ContinualTrainingArguments(TrainingArguments):
     head_learning_rate: float | None = field(
         default=None, metadata={"help": "Learning rate of the classifier and CRF. Default: learning_rate."}
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start a new run over a continual run in output_dir: its task-XX folders are deleted (only "
+                          "those this package wrote). Without it, such an output_dir is refused; "
+                          "--resume_from_checkpoint true continues it instead."},
+    )  # fmt: skip
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: the collator turns raw benchmark rows into model inputs."}
     )

@@ -97,25 +97,40 @@ def build_model(args: ModelArguments, benchmark, max_text_length: int):
 
 
 def finish_run(trainer, result, benchmark, model_args, data_args, push_to_hub=False):
-    """Final model and processor at the output_dir root, results.json, plots, model card, optional Hub push."""
-    from .reporting import plot_accuracy_matrix, plot_modality_balance, push_run_to_hub, write_model_card, write_results
+    """Final model and processor at the output_dir root, results.json, plots, model card (under the output_dir's
+    lock), then the optional Hub push (outside it: the lock file is not uploaded)."""
+    from .reporting import plot_accuracy_matrix, plot_modality_balance, write_model_card, write_results
+    from .trainer import disk_full_is_named
 
     args = trainer.args
     out = args.output_dir
+    with trainer.output_dir_lock():
+        if trainer.is_world_process_zero():
+            with disk_full_is_named(out, lambda: "Every task is saved in its task-XX folder: --resume_from_checkpoint "
+                                    "true writes these outputs again once there is space."):  # fmt: skip
+                trainer.model.save_pretrained(out)
+                trainer.processing_class.save_pretrained(out)
+                arguments = {"model": vars(model_args), "data": vars(data_args), "training": args.to_dict(),
+                             "world_size": trainer.accelerator.num_processes}  # fmt: skip
+                results = write_results(out, result, arguments, benchmark, args.seed)
+                plot_accuracy_matrix(result.matrix, os.path.join(out, "accuracy_matrix.png"),
+                                     title=f"{benchmark.name}/{benchmark.config_name}, {args.strategy}")  # fmt: skip
+                plot_modality_balance(result.modulation, os.path.join(out, "modality_balance.png"))
+                bases = [m for m in (model_args.text_model, model_args.vision_model) if m]
+                write_model_card(out, results, model_name=os.path.basename(os.path.abspath(out)),
+                                 task_type=benchmark.task_type, base_models=bases or None)  # fmt: skip
+        trainer.accelerator.wait_for_everyone()
+    if push_to_hub:
+        push_outputs(trainer)
+
+
+def push_outputs(trainer):
+    """Upload the output_dir to `hub_model_id` (main process), once every output is written."""
+    from .reporting import push_run_to_hub
+
+    args = trainer.args
     if trainer.is_world_process_zero():
-        trainer.model.save_pretrained(out)
-        trainer.processing_class.save_pretrained(out)
-        arguments = {"model": vars(model_args), "data": vars(data_args), "training": args.to_dict(),
-                     "world_size": trainer.accelerator.num_processes}  # fmt: skip
-        results = write_results(out, result, arguments, benchmark, args.seed)
-        plot_accuracy_matrix(result.matrix, os.path.join(out, "accuracy_matrix.png"),
-                             title=f"{benchmark.name}/{benchmark.config_name}, {args.strategy}")  # fmt: skip
-        plot_modality_balance(result.modulation, os.path.join(out, "modality_balance.png"))
-        bases = [m for m in (model_args.text_model, model_args.vision_model) if m]
-        write_model_card(out, results, model_name=os.path.basename(os.path.abspath(out)), task_type=benchmark.task_type,
-                         base_models=bases or None)  # fmt: skip
-        if push_to_hub:
-            push_run_to_hub(out, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo)
+        push_run_to_hub(args.output_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo)
     trainer.accelerator.wait_for_everyone()
 
 
@@ -150,16 +165,18 @@ def run(task_type: str, defaults: dict):
         raise ValueError(f"--task_type {training_args.task_type} given to a script that trains {task_type!r}.")
     setup_logging(training_args)
     set_seed(training_args.seed)
-    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # one push at the end, finish_run
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # one push at the end (push_outputs)
 
     benchmark = load_data(data_args, task_type, training_args.seed)
     model, processor = build_model(model_args, benchmark, model_args.max_text_length)
     trainer = ContinualTrainer(model=model, args=training_args, processing_class=processor)
-    result = trainer.train_tasks(benchmark, resume_from_checkpoint=wants_resume(training_args))
-
-    logger.info("Accuracy matrix (%s, task slices):\n%s", METRIC_NAMES[task_type], format_matrix(result.matrix))
-    logger.info("Summary: %s", {k: round(v, 4) for k, v in result.summary.items()})
-    finish_run(trainer, result, benchmark, model_args, data_args, push_to_hub=push_to_hub)
+    with trainer.output_dir_lock():  # no other run can start between the last task and the outputs
+        result = trainer.train_tasks(benchmark, resume_from_checkpoint=wants_resume(training_args))
+        logger.info("Accuracy matrix (%s, task slices):\n%s", METRIC_NAMES[task_type], format_matrix(result.matrix))
+        logger.info("Summary: %s", {k: round(v, 4) for k, v in result.summary.items()})
+        finish_run(trainer, result, benchmark, model_args, data_args)
+    if push_to_hub:
+        push_outputs(trainer)
     return result
 
 

@@ -2,10 +2,12 @@
 previous task's frozen model (§4), replay (§5), EWC / LwF baselines, evaluation after each task and crash-safe resume.
 """
 
+import contextlib
 import copy
-import glob
+import errno
 import logging
 import os
+import re
 import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -13,10 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from datasets import concatenate_datasets
+from accelerate.utils import broadcast_object_list
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from transformers import Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from .collator import MSPTDataCollator
 from .losses import (
@@ -31,11 +34,33 @@ from .losses import (
 from .metrics import METRIC_DEFINITIONS, continual_summary, score_task
 from .replay import ReplayMemory
 from .teacher_cache import ROW_INDEX, TeacherProfiles
-from .state import RUN_NAME, ContinualState, describe_benchmark, finished_tasks, read_run, task_dir, write_run
+from .state import (
+    RNG_NAME,
+    RUN_NAME,
+    TASK_MARKER,
+    ContinualState,
+    RunLock,
+    check_settings,
+    describe_benchmark,
+    finished_tasks,
+    folder_problem,
+    load_rng_state,
+    mark_task_dir,
+    read_run,
+    run_settings,
+    save_rng_state,
+    task_dir,
+    task_folders,
+    write_manifest,
+    write_run,
+)
 
 logger = logging.getLogger(__name__)
 
-STEP_RECORDS_NAME = "modulation_steps.pt"
+STEP_RECORDS_NAME = "modulation_steps.safetensors"  # a tensor, never a pickle (a checkpoint may come from anyone)
+CHECKPOINT_PATTERN = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
+_DISK_FULL_SIGNS = ("No space left on device", "StorageFull", "inline_container.cc", "PytorchStreamWriter failed",
+                    "file write failed")  # fmt: skip
 _TEXT_PREFIXES = ("text_embeddings.", "encoder.text_layers.")
 _VISION_PREFIXES = ("vision_embeddings.", "encoder.vision_layers.", "vision_post_layernorm.")
 
@@ -51,6 +76,31 @@ def parameter_role(name: str, base_prefix: str) -> str:
     if "vision_attention_bias" in name or name.startswith(_VISION_PREFIXES):
         return "vision"
     return "head"
+
+
+def _is_disk_full(err: BaseException) -> bool:
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return True
+    return any(sign in str(err) for sign in _DISK_FULL_SIGNS)
+
+
+@contextlib.contextmanager
+def disk_full_is_named(target: str, then):
+    """Around a save to `target`: the errors a full disk gives (OSError ENOSPC; torch's "[enforce fail at
+    inline_container.cc]" / "PytorchStreamWriter failed"; safetensors' "StorageFull") become one OSError(ENOSPC) that
+    says so, where, how much space is left, and `then()`: what was kept and how to continue."""
+    try:
+        yield
+    except Exception as err:
+        if not _is_disk_full(err):
+            raise
+        tail = then()
+        existing = target
+        while not os.path.isdir(existing) and os.path.dirname(existing) != existing:
+            existing = os.path.dirname(existing)
+        free = shutil.disk_usage(existing).free / 2**20
+        raise OSError(errno.ENOSPC, f"No space left on device while writing {target} ({type(err).__name__}: {err}); "
+                                    f"{free:.0f} MiB free there. {tail}") from err  # fmt: skip
 
 
 @dataclass
@@ -88,6 +138,8 @@ class ContinualTrainer(Trainer):
         self._fixed_coefficients = None  # paper schedule from task 2 on: (k_text, k_vision)
         self._step_records = []  # per optimizer step: (rho_vision, k_text, k_vision, k_text applied, k_vision applied)
         self._ewc = None  # (anchors, fisher) lists aligned with self._ewc_params
+        self._loss_finite = None  # bool tensor on the loss's device: every loss since the fit began was finite
+        self._holding_lock = False
         base = self.model.base_model_prefix
         roles = defaultdict(list)
         for name, param in self.model.named_parameters():
@@ -179,6 +231,8 @@ class ContinualTrainer(Trainer):
     # ------------------------------------------------------------------------------------- gradient modulation
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
+        finite = torch.isfinite(loss)  # stays on the device: read at logging steps and before saves (_check_finite)
+        self._loss_finite = finite if self._loss_finite is None else self._loss_finite & finite
         # On the last micro-batch of an accumulation the gradients are complete (and all-reduced under DDP):
         # modulate them here, before clipping and the optimizer step (§3.1 step 5).
         if self.args.gradient_modulation and self.accelerator.sync_gradients and self._scores is not None:
@@ -205,7 +259,10 @@ class ContinualTrainer(Trainer):
             self._metrics[f"modulation/{name}"].append(value)
 
     def log(self, logs, start_time=None):
-        """Per-step terms are averaged since the last log (as trl does), not logged per micro-batch."""
+        """Per-step terms are averaged since the last log (as trl does), not logged per micro-batch. A non-finite loss
+        stops the run here (HF would log the mean of the finite ones)."""
+        if "loss" in logs:
+            self._check_finite("logging", weights=False)
         if self._metrics and "loss" in logs:
             for key, values in self._metrics.items():
                 logs[key] = torch.stack(values).float().mean().item()
@@ -216,7 +273,8 @@ class ContinualTrainer(Trainer):
     def train_tasks(self, benchmark, resume_from_checkpoint: bool = False) -> ContinualResult:
         """Train on `benchmark.tasks` in order (SPEC §2): per task, train (plus replay), evaluate on the cumulative
         test set and on each seen task's slice, update the replay memory, snapshot the frozen teacher and save the
-        task state under `output_dir/task-XX/`. With `resume_from_checkpoint`, continue an interrupted run."""
+        task state under `output_dir/task-XX/`. With `resume_from_checkpoint`, continue an interrupted run, with the
+        arguments it was started with. The output_dir is locked meanwhile (`output_dir_lock`)."""
         args = self.args
         if args.task_type not in (None, benchmark.task_type):
             raise ValueError(f"task_type={args.task_type!r} (its α and γ were applied) but the benchmark "
@@ -228,29 +286,31 @@ class ContinualTrainer(Trainer):
         self.root_dir = root = args.output_dir
         self.task_epochs = args.num_train_epochs  # _fit changes args.num_train_epochs for the replay phase
         identity = describe_benchmark(benchmark)
-        resume_mid_task = False
-        if resume_from_checkpoint:
-            state, resume_mid_task = self._resume(identity)
-        else:
-            self._clear_previous_run(root)
-            if self.is_world_process_zero():
-                write_run(root, identity, args.strategy)
-            state = ContinualState(benchmark=identity, strategy=args.strategy)
-        try:
-            if args.strategy == "joint":
-                self._train_joint(state, resume_mid_task)
+        settings = run_settings(args, self.model.config, self.accelerator.num_processes)
+        with self.output_dir_lock():
+            if resume_from_checkpoint:
+                state, checkpoint = self._resume(identity, settings)
             else:
-                for task in benchmark.tasks[state.completed_tasks :]:
-                    self._train_task(task, state, resume_mid_task)
-                    resume_mid_task = False
-        finally:
-            args.output_dir, args.num_train_epochs = root, self.task_epochs
+                self._start_run(identity, settings)
+                state, checkpoint = ContinualState(benchmark=identity, strategy=args.strategy), None
+            try:
+                if args.strategy == "joint":
+                    self._train_joint(state, checkpoint)
+                else:
+                    for task in benchmark.tasks[state.completed_tasks :]:
+                        self._train_task(task, state, checkpoint)
+                        checkpoint = None
+            finally:
+                args.output_dir, args.num_train_epochs = root, self.task_epochs
         summary = continual_summary(state.matrix, state.cumulative)
         return ContinualResult(state.matrix, state.cumulative, summary, state.task_metrics, state.modulation)
 
-    def _train_task(self, task, state, resume_mid_task):
+    def _train_task(self, task, state, checkpoint):
+        """One task, from its beginning or from `checkpoint` (an intact HF checkpoint of it)."""
         args, k = self.args, task.task_id
         out_dir = task_dir(self.root_dir, k)
+        if self.is_world_process_zero():
+            mark_task_dir(out_dir, k)
         logger.info("Task %d/%d: %d training examples, new labels %s", k + 1, len(self.benchmark.tasks),
                     len(task.train), task.new_labels)  # fmt: skip
         self._set_label_mask(k)
@@ -259,28 +319,30 @@ class ContinualTrainer(Trainer):
         if args.memory_per_label and args.replay_mode == "interleave" and len(self.memory):
             train_set = concatenate_datasets([task.train, self._memory_dataset()])
         self._phase = "task"
-        self._fit(train_set, out_dir, self.task_epochs, resume_mid_task)
+        self._fit(train_set, out_dir, self.task_epochs, checkpoint)
         if args.memory_per_label:
             self.memory.add_task(k, self._buckets(task.train))
         if args.memory_per_label and args.replay_mode == "separate_phase" and k > 0:
             self._phase = "replay"  # the reference's extra epochs on the memory alone, no distillation (D20)
-            self._fit(self._memory_dataset(), os.path.join(out_dir, "replay"), args.replay_epochs, False)
+            self._fit(self._memory_dataset(), os.path.join(out_dir, "replay"), args.replay_epochs, None)
             self._phase = "task"
         if args.ewc_lambda > 0:
             self._update_ewc(task.train)
         self._finish_task(state, k, [task])
 
-    def _train_joint(self, state, resume_mid_task):
+    def _train_joint(self, state, checkpoint):
         """Upper bound: one model trained on the union of all tasks, evaluated as if after each task."""
         tasks = self.benchmark.tasks
         last = len(tasks) - 1
+        if self.is_world_process_zero():
+            mark_task_dir(task_dir(self.root_dir, last), last)
         self._set_label_mask(last)
         self._fit(concatenate_datasets([t.train for t in tasks]), task_dir(self.root_dir, last),
-                  self.task_epochs, resume_mid_task)  # fmt: skip
+                  self.task_epochs, checkpoint)  # fmt: skip
         for k in range(len(tasks)):
             self._finish_task(state, k, tasks[: k + 1], save=k == last)
 
-    def _fit(self, dataset, output_dir, epochs, resume):
+    def _fit(self, dataset, output_dir, epochs, checkpoint):
         self.args.output_dir = output_dir
         self.args.num_train_epochs = epochs
         self.optimizer, self.lr_scheduler = None, None  # a fresh optimizer and schedule per task
@@ -296,20 +358,110 @@ class ContinualTrainer(Trainer):
         self.train_dataset = dataset
         self._step_records = []
         self._metrics.clear()
-        checkpoint = None
-        if resume:
-            checkpoint = get_last_checkpoint(output_dir)
-            records = os.path.join(checkpoint, STEP_RECORDS_NAME)
-            if os.path.exists(records):
-                self._step_records = list(torch.load(records, map_location=self.args.device))
+        self._loss_finite = None
+        if checkpoint is not None and os.path.exists(os.path.join(checkpoint, STEP_RECORDS_NAME)):
+            self._step_records = list(load_file(os.path.join(checkpoint, STEP_RECORDS_NAME))["records"].to(self.args.device))
         self.train(resume_from_checkpoint=checkpoint)
+        self._check_finite("the end of the task")
 
     def _save_checkpoint(self, model, trial):
-        """HF checkpoint plus this task's modulation records, so a resumed task ends with the same history."""
-        super()._save_checkpoint(model, trial)
-        if self.is_world_process_zero() and self._step_records:
-            folder = os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            torch.save(torch.stack(self._step_records).cpu(), os.path.join(folder, STEP_RECORDS_NAME))
+        """The HF checkpoint plus this task's modulation records (so a resumed task ends with the same history), then
+        `saved_files.json`. Older checkpoints are rotated out only once the new one is complete; nothing is written
+        from a diverged model (`_check_finite`), and a full disk is named (`disk_full_is_named`)."""
+        self._check_finite("a checkpoint")
+        folder = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+
+        def remove_partial():
+            if self.is_world_process_zero():
+                shutil.rmtree(folder, ignore_errors=True)
+            kept = self._last_save(os.path.dirname(folder))
+            return (f"The partial {os.path.basename(folder)} was removed; {kept} is intact. Free some space, then "
+                    "continue with --resume_from_checkpoint true (same output_dir and arguments).")  # fmt: skip
+
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            with disk_full_is_named(folder, remove_partial):
+                super()._save_checkpoint(model, trial)
+                if self.is_world_process_zero() and self._step_records:
+                    records = torch.stack(self._step_records).cpu().contiguous()
+                    save_file({"records": records}, os.path.join(folder, STEP_RECORDS_NAME))
+                self.accelerator.wait_for_everyone()  # every process's rng_state_*.pth is written
+                if self.is_world_process_zero():
+                    write_manifest(folder)
+        finally:
+            self.args.save_total_limit = limit
+        if self.args.should_save:
+            rotate_checkpoints(os.path.dirname(folder), limit, self.state.best_model_checkpoint, use_mtime=True)
+
+    def _checkpoint_files(self) -> list:
+        """The files resuming from an HF checkpoint reads (a tuple: any of them). DeepSpeed and FSDP have layouts of
+        their own: their checkpoints are checked against `saved_files.json` only."""
+        args = self.args
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return ["trainer_state.json"]
+        rng = ["rng_state.pth"] if args.world_size <= 1 else [f"rng_state_{i}.pth" for i in range(args.world_size)]
+        files = ["trainer_state.json", ("model.safetensors", "model.safetensors.index.json"), "optimizer.pt",
+                 "scheduler.pt", *rng]  # fmt: skip
+        return files + [STEP_RECORDS_NAME] if args.gradient_modulation else files
+
+    def _intact_checkpoint(self, folder: str) -> str | None:
+        """The newest checkpoint of a task folder with every file it needs, or None. Newer ones that are incomplete
+        or damaged are removed, each with a warning (older ones are rotated out as usual)."""
+        found = [(int(m.group(1)), m.group(0)) for m in map(CHECKPOINT_PATTERN.fullmatch,
+                 os.listdir(folder) if os.path.isdir(folder) else []) if m]  # fmt: skip
+        chosen, damaged = None, []
+        for _, name in sorted(found, reverse=True):
+            problem = folder_problem(os.path.join(folder, name), self._checkpoint_files())
+            if problem is None:
+                chosen = os.path.join(folder, name)
+                break
+            damaged.append((os.path.join(folder, name), problem))
+        self.accelerator.wait_for_everyone()  # every process has chosen before anything is removed
+        if self.is_world_process_zero():
+            for path, problem in damaged:
+                logger.warning("%s is incomplete or damaged (%s): removed; the run continues from %s.", path, problem,
+                               chosen or "the start of the task")  # fmt: skip
+                shutil.rmtree(path)
+        self.accelerator.wait_for_everyone()
+        return chosen
+
+    def _last_save(self, folder: str) -> str:
+        """Where a resume would continue from, for messages: the newest intact checkpoint of `folder` (a task folder)
+        or the last finished task."""
+        found = [(int(m.group(1)), m.group(0)) for m in map(CHECKPOINT_PATTERN.fullmatch,
+                 os.listdir(folder) if os.path.isdir(folder) else []) if m]  # fmt: skip
+        for _, name in sorted(found, reverse=True):
+            if folder_problem(os.path.join(folder, name), self._checkpoint_files()) is None:
+                return os.path.join(folder, name)
+        finished = finished_tasks(self.root_dir)
+        return task_dir(self.root_dir, finished[-1]) if finished else "nothing (the run starts again from task 1)"
+
+    def _check_finite(self, where: str, weights: bool = True):
+        """Raise FloatingPointError when a loss since the fit began, or (with `weights`) a weight, is nan/inf: called
+        at logging steps, before every checkpoint and at the end of each fit, so a diverged model is never saved.
+        One host sync per call; the per-step flag stays on the device (`training_step`)."""
+        device = self.args.device
+        loss_bad = torch.zeros((), device=device)
+        if self._loss_finite is not None:
+            loss_bad = (~self._loss_finite).float().to(device)
+        bad_weights = torch.zeros((), device=device)
+        if weights:
+            bad_weights = torch.stack([~torch.isfinite(p).all() for p in self.model.parameters()]).sum().float()
+        flags = torch.stack([loss_bad, bad_weights])
+        if self.accelerator.num_processes > 1:  # every process stops at the same point
+            flags = self.accelerator.reduce(flags, reduction="sum")
+        loss_bad, bad_weights = flags.tolist()
+        if not loss_bad and not bad_weights:
+            return
+        what = " and ".join(w for w, bad in (("the loss", loss_bad), (f"{int(bad_weights)} weight tensors", bad_weights))
+                            if bad)  # fmt: skip
+        folder = self.args.output_dir
+        raise FloatingPointError(
+            f"Training diverged in {folder} (step {self.state.global_step}): {what} became non-finite (nan/inf), "
+            f"found at {where}. Nothing was saved from it; the last save, {self._last_save(folder)}, is intact. "
+            f"Lower learning_rate (now {self.args.learning_rate}) or set max_grad_norm, then start again with "
+            "--overwrite_output_dir true or in another output_dir (a resume keeps the arguments the run began with)."
+        )
 
     def _finish_task(self, state, k, tasks, save=True):
         metrics = self.evaluate_task(k)
@@ -445,30 +597,87 @@ class ContinualTrainer(Trainer):
 
     # --------------------------------------------------------------------------------------- state and resume
     def _save_task(self, out_dir, state):
-        if self.is_world_process_zero():
+        """A finished task: model, processor, EWC anchors, each process's random state, `saved_files.json`, then
+        `continual_state.json` (atomic, last: it marks the task finished). Its mid-task checkpoints go after that."""
+        with disk_full_is_named(out_dir, lambda: f"{out_dir} is not marked finished; its last checkpoint is kept. Free "
+                                "some space, then continue with --resume_from_checkpoint true."):  # fmt: skip
             os.makedirs(out_dir, exist_ok=True)
-            self.model.save_pretrained(out_dir)
-            self.processing_class.save_pretrained(out_dir)
-            if self._ewc is not None:
-                anchors, fisher = self._ewc
-                tensors = {f"anchor.{i}": a for i, a in enumerate(anchors)}
-                tensors.update({f"fisher.{i}": f for i, f in enumerate(fisher)})
-                save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, os.path.join(out_dir, "ewc.safetensors"))
-            for checkpoint in glob.glob(os.path.join(out_dir, "checkpoint-*")) + [os.path.join(out_dir, "replay")]:
-                shutil.rmtree(checkpoint, ignore_errors=True)  # mid-task checkpoints are not needed any more
-            state.save(out_dir)  # last: marks the task as finished
+            save_rng_state(os.path.join(out_dir, RNG_NAME.format(rank=self.accelerator.process_index)))
+            self.accelerator.wait_for_everyone()
+            if self.is_world_process_zero():
+                self.model.save_pretrained(out_dir)
+                self.processing_class.save_pretrained(out_dir)
+                if self._ewc is not None:
+                    anchors, fisher = self._ewc
+                    tensors = {f"anchor.{i}": a for i, a in enumerate(anchors)}
+                    tensors.update({f"fisher.{i}": f for i, f in enumerate(fisher)})
+                    save_file({k: v.contiguous().cpu() for k, v in tensors.items()},
+                              os.path.join(out_dir, "ewc.safetensors"))  # fmt: skip
+                write_manifest(out_dir, recursive=False)
+                state.save(out_dir)
+        if self.is_world_process_zero():
+            self._remove_checkpoints(out_dir)  # not needed any more
         self.accelerator.wait_for_everyone()
 
-    def _clear_previous_run(self, root):
-        stale = sorted(glob.glob(os.path.join(root, "task-*")))
-        if stale and self.is_world_process_zero():
-            logger.warning("output_dir %s holds a previous continual run (%d task folders); starting a new run over "
-                           "it. Pass resume_from_checkpoint=True to continue it instead.", root, len(stale))  # fmt: skip
-            for path in stale:
+    @staticmethod
+    def _remove_checkpoints(out_dir):
+        for name in os.listdir(out_dir):
+            if CHECKPOINT_PATTERN.fullmatch(name) or name == "replay":
+                shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
+
+    @contextlib.contextmanager
+    def output_dir_lock(self):
+        """Hold `output_dir`'s `RunLock` for the block (the main process holds it; re-entrant). Another run on the
+        same output_dir is refused with the holder's pid and host; a lock left by a killed run is taken over."""
+        if self._holding_lock:
+            yield
+            return
+        lock, error = None, None
+        if self.is_world_process_zero():
+            lock = RunLock(self.args.output_dir)
+            try:
+                lock.acquire()
+            except RuntimeError as err:
+                error = str(err)
+        if self.accelerator.num_processes > 1:  # every process raises the same error
+            error = broadcast_object_list([error])[0]
+        if error:
+            raise RuntimeError(error)
+        self._holding_lock = True
+        try:
+            yield
+        finally:
+            self._holding_lock = False
+            if lock is not None:
+                lock.release()
+
+    def _start_run(self, identity, settings):
+        """A new run in `root`. Over an existing run only with `overwrite_output_dir`, which deletes the task folders
+        this package wrote (`task-NN/` with its marker) and nothing else; a `task-NN/` it did not write is refused."""
+        root, args = self.root_dir, self.args
+        ours, foreign = task_folders(root)
+        if (ours or foreign or read_run(root) is not None) and not args.overwrite_output_dir:
+            names = ", ".join(os.path.basename(p) for p in ours + foreign) or RUN_NAME
+            raise ValueError(f"output_dir {root} holds a continual run ({names}): continue it with "
+                             "--resume_from_checkpoint true, replace it with --overwrite_output_dir true (deletes its "
+                             "task folders), or choose another output_dir.")  # fmt: skip
+        if foreign:
+            raise ValueError(f"output_dir {root}: {', '.join(os.path.basename(p) for p in foreign)} not written by "
+                             f"this package (no {TASK_MARKER} inside), and a run writes its tasks there: move "
+                             "it away or choose another output_dir.")  # fmt: skip
+        self.accelerator.wait_for_everyone()  # every process has looked before anything is deleted
+        if self.is_world_process_zero():
+            if ours:
+                logger.warning("overwrite_output_dir: deleting the %d task folders of the previous run in %s.",
+                               len(ours), root)  # fmt: skip
+            for path in ours:
                 shutil.rmtree(path)
+            write_run(root, identity, args.strategy, settings)
         self.accelerator.wait_for_everyone()
 
-    def _resume(self, identity):
+    def _resume(self, identity, settings):
+        """(state after the last finished task, the intact HF checkpoint of the next task or None). None: that task
+        starts from its beginning, with the random state the previous one ended with."""
         root, args = self.root_dir, self.args
         run = read_run(root)
         if run is None:
@@ -476,18 +685,21 @@ class ContinualTrainer(Trainer):
         ContinualState(benchmark=run["benchmark"], strategy=run["strategy"]).check_compatible(
             identity, args.strategy, root
         )
+        check_settings(run.get("settings"), settings, root)
         finished = finished_tasks(root)
         if finished and finished != list(range(len(finished))):
             raise ValueError(f"{root}: finished task folders {finished} are not consecutive from task-00.")
-        state = None
+        state, last_dir = None, None
         if finished:
             last_dir = task_dir(root, finished[-1])
             state = ContinualState.load(last_dir)
             state.check_compatible(identity, args.strategy, root)
-            weights = os.path.join(last_dir, "model.safetensors")
-            if not os.path.exists(weights):
-                raise ValueError(f"{weights} is missing; delete {last_dir} to redo that task.")
-            self.model.load_state_dict(load_file(weights, device=str(args.device)))
+            problem = folder_problem(last_dir, ["model.safetensors"])
+            if problem:
+                raise ValueError(f"{last_dir} is damaged ({problem}): delete it, and any later task folder, to redo "
+                                 "that task with --resume_from_checkpoint true, or start over with "
+                                 "--overwrite_output_dir true.")  # fmt: skip
+            self.model.load_state_dict(load_file(os.path.join(last_dir, "model.safetensors"), device=str(args.device)))
             self.memory = ReplayMemory.from_state_dict(state.memory)
             ewc_path = os.path.join(last_dir, "ewc.safetensors")
             if os.path.exists(ewc_path):
@@ -496,11 +708,27 @@ class ContinualTrainer(Trainer):
                 self._ewc_params = [p for p in self.model.parameters() if p.requires_grad]
                 self._ewc = ([tensors[f"anchor.{i}"] for i in range(n)], [tensors[f"fisher.{i}"] for i in range(n)])
             self._snapshot_teacher()
+            if self.is_world_process_zero():
+                self._remove_checkpoints(last_dir)  # left if the run was killed right after the task finished
             logger.info("Resuming after task %d of %s", finished[-1] + 1, root)
         next_task = len(finished) if args.strategy != "joint" else len(identity["new_labels"]) - 1
-        mid_task = bool(glob.glob(os.path.join(task_dir(root, next_task), "checkpoint-*")))
-        if state is None and not mid_task:
-            raise ValueError(f"resume_from_checkpoint: {root} holds no finished task and no checkpoint to resume.")
+        checkpoint = None
+        if next_task < len(identity["new_labels"]):
+            next_dir = task_dir(root, next_task)
+            checkpoint = self._intact_checkpoint(next_dir)
+            if checkpoint is None and os.path.isdir(next_dir) and self.is_world_process_zero():
+                logger.warning("Task %d restarts from its start: %s holds no intact checkpoint.", next_task + 1, next_dir)
+            if checkpoint is None and last_dir is not None:
+                self._restore_task_start(last_dir)
         if state is None:
             state = ContinualState(benchmark=identity, strategy=args.strategy)
-        return state, mid_task
+        return state, checkpoint
+
+    def _restore_task_start(self, last_dir):
+        """The random state the uninterrupted run had when it began the next task (saved when `last_dir` finished)."""
+        path = os.path.join(last_dir, RNG_NAME.format(rank=self.accelerator.process_index))
+        if os.path.exists(path):
+            load_rng_state(path)
+        else:
+            logger.warning("%s is missing (a run of an older version): the next task starts from another random "
+                           "state than the uninterrupted run had, so its results differ slightly.", path)  # fmt: skip
