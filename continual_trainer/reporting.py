@@ -11,7 +11,10 @@ import math
 import os
 import platform
 import re
+import shlex
+import time
 from collections.abc import Mapping
+from contextlib import contextmanager
 from enum import Enum
 
 import numpy as np
@@ -376,8 +379,19 @@ def run_files(output_dir: str) -> list[str]:
     return sorted(files)
 
 
+class HubPushError(RuntimeError):
+    """A push of a run to the Hub failed: the server refused it, or it timed out / failed on every attempt. Nothing in
+    the output directory was changed; the message says how to push it again."""
+
+
+# Answers worth another attempt: timeouts, rate limits and server errors (a refusal such as 401/403/404 is final).
+_RETRY_STATUS = (408, 429, 500, 502, 503, 504)
+_MAX_RETRY_WAIT = 60.0
+
+
 def push_run_to_hub(output_dir: str, repo_id: str, token: str | None = None, private: bool | None = None,
-                    commit_message: str = "Upload MSPT continual run", endpoint: str | None = None):  # fmt: skip
+                    commit_message: str = "Upload MSPT continual run", endpoint: str | None = None,
+                    timeout: float = 60.0, retries: int = 3, retry_wait: float = 2.0):  # fmt: skip
     """Upload a continual run to one Hub model repo, in one `upload_folder` call.
 
     Layout of the repo: the root holds what is at the root of `output_dir` (the final model and processor, the card
@@ -386,16 +400,35 @@ def push_run_to_hub(output_dir: str, repo_id: str, token: str | None = None, pri
     `from_pretrained(repo_id, subfolder="task-00", trust_remote_code=True)` loads the model after task 1. Mid-task
     `checkpoint-*` folders, `*.tmp` files and other folders at the root are not uploaded (see `run_files`).
 
+    Every HTTP request of the push gives up after `timeout` seconds without progress (huggingface_hub's own client
+    waits forever on a server that accepts and never answers). A timeout, a connection error or a 408/429/5xx answer
+    starts the whole push again (creating the repo and re-uploading the same files is harmless), after `retry_wait`,
+    then twice as long each time (at most 60 s), `retries` times. When it still fails, or the Hub refuses the push,
+    `HubPushError` says how to push the untouched `output_dir` again.
+
     Args:
         token: a Hub token with write access; the locally saved one when None.
         private: visibility of the repo if it has to be created; an existing repo keeps its own.
         endpoint: the Hub URL (for a private Hub or a test server); `HF_ENDPOINT` when None.
+        timeout: seconds without progress (connect, send, receive) before a request is abandoned. While the push
+            runs, other huggingface_hub requests of this process use the same timeout.
+        retries: further attempts after the first one fails with a timeout, a network error or a 408/429/5xx.
+        retry_wait: seconds before the first retry.
 
     Returns:
         The `huggingface_hub.CommitInfo` of the upload (`commit_url`, `oid`).
+
+    Raises:
+        HubPushError: the Hub refused the push, or every attempt failed.
     """
     from huggingface_hub import HfApi
 
+    if not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise ValueError(f"`timeout` must be a positive number of seconds, got {timeout!r}.")
+    if not (isinstance(retries, int) and retries >= 0):
+        raise ValueError(f"`retries` must be an integer >= 0, got {retries!r}.")
+    if not (isinstance(retry_wait, (int, float)) and retry_wait >= 0):
+        raise ValueError(f"`retry_wait` must be a number of seconds >= 0, got {retry_wait!r}.")
     files = run_files(output_dir)
     tasks = sorted({f.split("/")[0] for f in files if "/" in f})
     if not tasks:
@@ -406,12 +439,89 @@ def push_run_to_hub(output_dir: str, repo_id: str, token: str | None = None, pri
         if name not in root:
             logger.warning("%s holds %s; pushing without it.", output_dir, what)
     api = HfApi(endpoint=endpoint, token=token)
-    repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    logger.info("Uploading %d files (root and %s) to %s", len(files), ", ".join(tasks), repo_url)
-    return api.upload_folder(
-        repo_id=repo_url.repo_id,
-        folder_path=output_dir,
-        allow_patterns=[glob.escape(f) for f in files],  # exactly the files listed, nothing matched by accident
-        commit_message=commit_message,
-        repo_type="model",
+
+    def push():
+        repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        logger.info("Uploading %d files (root and %s) to %s", len(files), ", ".join(tasks), repo_url)
+        return api.upload_folder(
+            repo_id=repo_url.repo_id,
+            folder_path=output_dir,
+            allow_patterns=[glob.escape(f) for f in files],  # exactly the files listed, nothing matched by accident
+            commit_message=commit_message,
+            repo_type="model",
+        )
+
+    again = _repush_instructions(output_dir, repo_id, private, commit_message, endpoint)
+    for attempt in range(retries + 1):
+        try:
+            with _hub_timeout(timeout):
+                return push()
+        except Exception as err:
+            transient = _is_transient(err)
+            if transient is None:  # not a Hub or network error: a bug to see as it is
+                raise
+            attempts = f"{attempt + 1} attempt{'s' if attempt else ''}"
+            if not transient or attempt == retries:
+                raise HubPushError(
+                    f"Pushing {output_dir} to the Hub repo {repo_id!r} failed after {attempts} "
+                    f"({type(err).__name__}: {err}). {again}"
+                ) from err
+            wait = min(retry_wait * 2**attempt, _MAX_RETRY_WAIT)
+            logger.warning("Hub push attempt %d of %d failed (%s: %s); retrying in %.1f s.", attempt + 1,
+                           retries + 1, type(err).__name__, err, wait)  # fmt: skip
+            time.sleep(wait)
+
+
+def _is_transient(err: Exception) -> bool | None:
+    """True: worth another attempt; False: a refusal; None: not a Hub or network error at all."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        import httpx2 as httpx  # huggingface_hub >= 2
+    except ImportError:  # pragma: no cover - huggingface_hub 1.x
+        import httpx
+    if isinstance(err, HfHubHTTPError):
+        response = getattr(err, "response", None)
+        return getattr(response, "status_code", None) in _RETRY_STATUS
+    if isinstance(err, (httpx.TransportError, OSError)):  # timeouts, refused or dropped connections
+        return True
+    return None
+
+
+@contextmanager
+def _hub_timeout(seconds: float):
+    """Give huggingface_hub's shared HTTP client a timeout (its default is None: wait forever) for the duration."""
+    from huggingface_hub import set_client_factory
+    from huggingface_hub.utils import _http
+
+    # The factory in force (a user's own, with proxies or certificates, if they set one); not public API.
+    previous = getattr(_http, "_GLOBAL_CLIENT_FACTORY", None) or _http.default_client_factory
+
+    def with_timeout():
+        client = previous()
+        client.timeout = seconds
+        return client
+
+    set_client_factory(with_timeout)  # closes the current shared client; the next request builds one with a timeout
+    try:
+        yield
+    finally:
+        set_client_factory(previous)
+
+
+def _repush_instructions(output_dir, repo_id, private, commit_message, endpoint) -> str:
+    arguments = [os.path.abspath(output_dir), repo_id]
+    options = {"private": private, "endpoint": endpoint}
+    if commit_message != "Upload MSPT continual run":
+        options["commit_message"] = commit_message
+    python = ", ".join([*map(repr, arguments), *(f"{k}={v!r}" for k, v in options.items() if v is not None)])
+    shell = ", ".join([*map(json.dumps, arguments),
+                       *(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in options.items()
+                         if v is not None)])  # fmt: skip
+    code = f"from continual_trainer import push_run_to_hub; push_run_to_hub({shell})"
+    return (
+        f"The run in {os.path.abspath(output_dir)} is complete on disk and was not changed. Push it again, with a "
+        f"write token in HF_TOKEN (or after `hf auth login`), from Python:\n"
+        f"    from continual_trainer import push_run_to_hub; push_run_to_hub({python})\n"
+        f"or from a shell:\n    python -c {shlex.quote(code)}"
     )

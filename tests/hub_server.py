@@ -9,17 +9,20 @@ It answers what `HfApi.create_repo` + `HfApi.upload_folder` send with `HF_HUB_DI
     POST /api/{type}s/{repo_id}/commit/{rev}       ndjson: header, then files base64-inline (`file`), deletions
 
 Everything else gets a 404 and is recorded in `requests`, so a test sees any request it did not expect. The files
-that arrive are kept in memory: `server.files(repo_id)` maps path -> bytes.
+that arrive are kept in memory: `server.files(repo_id)` maps path -> bytes. `fail_next` injects errors.
 
     with HubServer() as hub:
         HfApi(endpoint=hub.endpoint, token="hf_test").upload_folder(...)
         hub.files("me/repo")
+
+`HangingServer` is the hostile counterpart: it accepts every connection and never answers.
 """
 
 import base64
 import hashlib
 import json
 import re
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
@@ -37,11 +40,14 @@ class HubServer:
         requests: `[(method, path)]`, every request in arrival order (query strings stripped).
         commits: `[(repo_id, revision, summary)]`.
         preuploaded: `[(repo_id, path)]`, the paths announced to `preupload`.
+        fail_next: `[(method, path, status)]`: the next request matching a method and path gets that status (an
+            error body) instead of its answer, once per entry.
     """
 
     def __init__(self):
         self.repos: dict[tuple[str, str], dict[str, bytes]] = {}
         self.requests: list[tuple[str, str]] = []
+        self.fail_next: list[tuple[str, str, int]] = []
         self.commits: list[tuple[str, str, str]] = []
         self.preuploaded: list[tuple[str, str]] = []
         self.endpoint: str | None = None
@@ -126,6 +132,10 @@ class HubServer:
     def handle(self, method: str, path: str, raw: bytes) -> tuple[int, dict]:
         with self._lock:
             self.requests.append((method, path))
+            for failure in self.fail_next:
+                if failure[:2] == (method, path):
+                    self.fail_next.remove(failure)
+                    return failure[2], {"error": f"injected by the test Hub: {failure[2]}"}
         if method == "GET" and path == "/api/agent-harnesses":
             return 200, EMPTY_AGENT_REGISTRY
         if method == "POST" and path == "/api/repos/create":
@@ -165,3 +175,51 @@ def _handler(hub: HubServer):
         do_GET = do_POST = do_HEAD = do_PUT = do_DELETE = _serve
 
     return Handler
+
+
+class HangingServer:
+    """A TCP server on 127.0.0.1 that accepts every connection, reads nothing and never answers: a Hub endpoint that
+    hangs. `connections` counts the accepted connections. Use as `with HangingServer() as hang: ... hang.endpoint`."""
+
+    def __init__(self):
+        self.connections = 0
+        self.endpoint: str | None = None
+        self._sockets: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        self._thread = None
+        self._stopping = threading.Event()
+
+    def start(self) -> str:
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen()
+        self._listener.settimeout(0.05)  # accept() wakes up to see stop(); closing the socket alone does not wake it
+        self._thread = threading.Thread(target=self._accept, name="hanging-hub", daemon=True)
+        self._thread.start()
+        self.endpoint = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        return self.endpoint
+
+    def _accept(self):
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            self._sockets.append(conn)  # kept open and silent until stop()
+            self.connections += 1
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            self._stopping.set()
+            self._thread.join(timeout=5)
+            self._listener.close()
+            for conn in self._sockets:
+                conn.close()
+            self._listener = None
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
