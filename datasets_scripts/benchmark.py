@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 import datasets
 import pyarrow.compute as pc
 
+from modeling_mspt.processing_mspt import load_image
+
 from . import common, imner, imre, synthetic
 from .common import BenchmarkFormatError, fingerprint, parse_split_name, source_hash
 
@@ -38,6 +40,8 @@ class ContinualBenchmark:
 
     ``label_names`` is the full label space (``None``/``O`` at id 0); ``tasks[k].new_labels`` are the
     labels task k introduces; ``fingerprint`` hashes the builder code and source files (for results).
+    ``missing_images`` counts the images fed as zero images (``image=None``): absent files, and the files in
+    ``unreadable_images`` (path -> why) that exist but could not be decoded when the benchmark was built.
     """
 
     name: str
@@ -48,6 +52,7 @@ class ContinualBenchmark:
     missing_images: int = 0
     fingerprint: str = ""
     missing_image_paths: list[str] = field(default_factory=list, repr=False)
+    unreadable_images: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def num_tasks(self) -> int:
@@ -94,10 +99,13 @@ def load_benchmark(
             pinned SHA-256 sums; images are never downloaded (pass ``image_dir``). ``sep7`` and ``polm`` need it.
         cache_dir: the ``datasets`` cache root; a second call with the same arguments reuses it.
             The cache key holds the data dir, the config, the builder code and the source files' content.
-        require_images: raise if any image file is missing, instead of counting them and warning once
-            (a missing image is ``image=None``: zero pixels and ``image_mask=0`` downstream).
-        config_kwargs: builder config fields, e.g. ``seed=1, num_tasks=3`` for ``synthetic`` or
-            ``embed_images=True`` to copy image bytes into the cache.
+        require_images: raise if any image file is missing or unreadable (empty, not an image, truncated, too large
+            to decode), instead of counting them and warning once (such an image is ``image=None``: zero pixels and
+            ``image_mask=0`` downstream). Images are decoded once when the benchmark is built, so a broken file
+            never stops a run half-way.
+        config_kwargs: builder config fields, e.g. ``seed=1, num_tasks=3`` for ``synthetic``,
+            ``embed_images=True`` to copy image bytes into the cache, ``check_labels=False`` to skip the label checks
+            of ``imre``/``imner`` (files that deliberately differ from the published split).
     """
     if name not in BUILDERS:
         raise ValueError(f"unknown benchmark {name!r}; choose one of {sorted(BUILDERS)}")
@@ -134,19 +142,35 @@ def load_benchmark(
         seen.update(new)
         tasks.append(ContinualTask(task_id, parts["train"], parts["validation"], parts["test"], new))
 
-    missing = sorted(_missing_images(builder, splits))
+    missing, unreadable = _missing_images(builder, splits)
+    paths = sorted(missing | set(unreadable))
     benchmark = ContinualBenchmark(name, config_name, builder.task_type, label_names, tasks,
-                                   len(missing), key, missing)
+                                   len(paths), key, paths, unreadable)  # fmt: skip
+    missing = sorted(missing)
     if missing and require_images:
         raise FileNotFoundError(
             f"{len(missing)} images of {name}/{config_name} are missing (require_images=True); first: "
             + ", ".join(missing[:5]) + f". {_images_hint(builder)}."
+            + (f" {len(unreadable)} more cannot be read." if unreadable else "")
         )
+    if unreadable and require_images:
+        first = next(iter(unreadable))
+        raise BenchmarkFormatError(first, None, (
+            f"{len(unreadable)} images of {name}/{config_name} cannot be read (require_images=True): "
+            + "; ".join(f"{path}: {why}" for path, why in list(unreadable.items())[:5])
+            + ". Replace these files (or delete them: without require_images a missing image is a zero image)."))
     if missing:
         logger.warning(
             "%d images of %s/%s are missing (first: %s; %s); they are fed as zero images with image_mask=0. "
             "Pass require_images=True to make this an error.", len(missing), name, config_name, missing[0],
             _images_hint(builder),
+        )
+    if unreadable:
+        first, why = next(iter(unreadable.items()))
+        logger.warning(
+            "%d images of %s/%s are unreadable (first: %s: %s); they are fed as zero images with image_mask=0 "
+            "(ContinualBenchmark.unreadable_images lists them). Pass require_images=True to make this an error.",
+            len(unreadable), name, config_name, first, why,
         )
     return benchmark
 
@@ -173,12 +197,16 @@ def _train_labels(dataset: datasets.Dataset, task_type: str, label_names: list[s
     return [label for label in label_names if label in present]
 
 
-def _missing_images(builder, splits: datasets.DatasetDict) -> set[str]:
-    """Paths of the images that are absent (``image`` is null), read from Arrow without decoding."""
-    missing = set()
+def _missing_images(builder, splits: datasets.DatasetDict) -> tuple[set[str], dict[str, str]]:
+    """The images left out (``image`` is null, read from Arrow without decoding): the paths of the absent files,
+    and the files that exist but were unreadable when the benchmark was built, with the reason (sorted by path)."""
+    nulls = set()
     for split, dataset in splits.items():
-        nulls = dataset.data.column("image").is_null()
         kind, _ = parse_split_name(split)
-        for image_id in pc.filter(dataset.data.column("image_id"), nulls).to_pylist():
-            missing.add(builder.image_path(kind, image_id))
-    return missing
+        for image_id in pc.filter(dataset.data.column("image_id"), dataset.data.column("image").is_null()).to_pylist():
+            nulls.add(builder.image_path(kind, image_id))
+    if not getattr(builder, "image_root", None):  # no image folder (downloaded text): every image is missing
+        return nulls, {}
+    unreadable = {path: load_image(path).problem or "unreadable when the benchmark was built"
+                  for path in sorted(nulls) if os.path.isfile(path)}  # fmt: skip
+    return nulls - set(unreadable), unreadable

@@ -5,12 +5,18 @@ Every builder yields splits named ``{train,validation,test}_{k}`` for task ``k``
 """
 
 import hashlib
+import io
 import logging
+import ntpath
 import os
 import posixpath
+import re
 from collections.abc import Iterable, Iterator
 
 import datasets
+from PIL import Image
+
+from modeling_mspt.processing_mspt import DECODE_MAX_PIXELS, load_image
 
 from .remote import RemoteFile
 
@@ -87,19 +93,58 @@ def task_files(folder: str, pattern: str, splits: dict[str, str], names: Iterabl
     return tasks
 
 
-def image_value(path: str, embed: bool) -> str | dict | None:
-    """What to give a ``datasets.Image()`` feature: ``None`` when the file is absent (counted later),
-    the path (the Arrow cache then points at the file), or the bytes (self-contained cache)."""
+def check_image_id(path: str, line: int, image_id: str, field: str) -> None:
+    """An image id names a file inside the image folder: a relative path without ``..``, drive or NUL (lexically, on
+    any platform, so a symlinked image folder still works). Anything else is an error naming ``path:line``."""
+    parts = re.split(r"[\\/]", image_id)
+    if (posixpath.isabs(image_id) or ntpath.isabs(image_id) or ntpath.splitdrive(image_id)[0] or ".." in parts
+            or "\0" in image_id):
+        raise BenchmarkFormatError(
+            path, line, f"{field} {image_id!r} points outside the image folder; an image id must be a file name (or a "
+            "relative path without '..') inside it. Fix the line."
+        )
+
+
+def image_value(path: str, embed: bool, checked: dict | None = None) -> tuple[str | bytes | None, str | None]:
+    """What to give a ``datasets.Image()`` feature for the file at ``path``, and why it was left out.
+
+    The file is decoded once here (``load_image``), so a broken image is caught when the benchmark is built, not
+    in the middle of a run: ``(None, None)`` when it is absent, ``(None, reason)`` when it cannot be read (empty, not
+    an image, truncated, too large for PIL); both become zero images downstream and are counted by ``load_benchmark``.
+    A readable image gives its path (the Arrow cache points at the file) or, with ``embed``, its bytes (the cache
+    holds the pixels and no longer needs the folder). An image over the decode budget (``DECODE_MAX_PIXELS`` or
+    ``PIL.Image.MAX_IMAGE_PIXELS``, the lower) is stored downscaled, as JPEG bytes, so that decoding a row never
+    hits PIL's size limit. ``checked`` memoises the verdict per path (test files repeat their images).
+    """
     if not os.path.isfile(path):
-        return None
+        return None, None
+    checked = {} if checked is None else checked
+    if path not in checked:
+        decoded = load_image(path)
+        reduced = None
+        limit = Image.MAX_IMAGE_PIXELS
+        budget = min(DECODE_MAX_PIXELS, limit) if limit else DECODE_MAX_PIXELS
+        if decoded.image is not None and decoded.size[0] * decoded.size[1] > budget:
+            buffer = io.BytesIO()
+            decoded.image.save(buffer, "JPEG", quality=95)
+            reduced = buffer.getvalue()
+            logger.info("%s is %d x %d pixels: stored downscaled to %d x %d in the cache", path, *decoded.size,
+                        *decoded.image.size)  # fmt: skip
+        checked[path] = (decoded.problem, reduced)
+    problem, reduced = checked[path]
+    if problem:
+        return None, problem
+    if reduced is not None:
+        return reduced, None
     if embed:
         with open(path, "rb") as f:
-            return {"path": path, "bytes": f.read()}
-    return path
+            return f.read(), None  # bytes alone: datasets keeps only the path of a {"path", "bytes"} on disk
+    return path, None
 
 
 def fingerprint(paths: Iterable["str | RemoteFile"], folders: Iterable[str] = (), extra: str = "") -> str:
-    """Hash of file contents plus the listing of ``folders`` (so adding images invalidates a cache).
+    """Hash of file contents plus the listing of ``folders`` with file sizes (so adding or replacing images
+    invalidates a cache).
 
     A ``RemoteFile`` (a pinned download) counts by its URL and its pinned content hash: no download needed.
     """
@@ -117,8 +162,16 @@ def fingerprint(paths: Iterable["str | RemoteFile"], folders: Iterable[str] = ()
             for root, dirs, files in os.walk(folder):
                 dirs.sort()
                 h.update(root.encode())
-                h.update("\0".join(sorted(files)).encode())
+                for name in sorted(files):  # names and sizes: a truncated or replaced image is verified again
+                    h.update(f"{name}\0{_size(os.path.join(root, name))}\0".encode())
     return h.hexdigest()[:16]
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:  # a dangling link
+        return -1
 
 
 def source_hash(*modules) -> str:

@@ -14,6 +14,12 @@ the first task whose test file tags an entity in it (``-1``: never). See referen
 Without ``data_dir`` the ``sep-PLOM`` files are downloaded from the paper's repository at a pinned commit and
 checked against pinned SHA-256 sums (``remote``); images stay the user's (``image_dir``). ``polm``
 (``sep-POLM-NEW``) is not pinned and needs ``data_dir``.
+
+Tags are checked before anything is generated (``check_labels``), because a stray tag silently moves a type into
+another task's new labels: in every split, a type tagged in a valid/test file must have a training example in that
+task or an earlier one; under the published configurations (``plom``, ``polm`` in their own folders, all four
+tasks there), train/valid files of task k tag only type k and test files only types 0..k (``PUBLISHED``).
+Errors name the file and line.
 """
 
 import logging
@@ -24,13 +30,25 @@ from dataclasses import dataclass, field
 import datasets
 
 from . import remote
-from .common import BenchmarkFormatError, bio_labels, image_value, ner_features, read_lines, split_name, task_files
+from .common import (
+    SPLITS,
+    BenchmarkFormatError,
+    bio_labels,
+    check_image_id,
+    image_value,
+    ner_features,
+    read_lines,
+    split_name,
+    task_files,
+)
 
 logger = logging.getLogger(__name__)
 
 FILE_SPLITS = {"train": "train", "validation": "valid", "test": "test"}
 REMOTE_ROOT = "MNER/data/twitter2017"  # data_dir's counterpart in the paper's repository
 PATTERN = "{split}_{k}.txt"
+# The published configurations: their folder and the entity type each task introduces (reference notes §9.2).
+PUBLISHED = {"plom": ("sep-PLOM", ["PER", "LOC", "ORG", "MISC"]), "polm": ("sep-POLM-NEW", ["PER", "ORG", "LOC", "MISC"])}
 
 
 @dataclass
@@ -44,7 +62,9 @@ class IMNERConfig(datasets.BuilderConfig):
         tag_aliases (`dict[str, str]`): types renamed on load (``OTHER`` -> ``MISC``).
         image_dir (`str`, *optional*): folder of ``<IMGID>.jpg``; default ``data_dir/twitter2017_images``,
             or ``twitter2017_images`` beside ``data_dir`` when only that one exists.
-        embed_images (`bool`): store image bytes in the cache instead of paths.
+        embed_images (`bool`): store image bytes in the cache instead of paths (the cache then outlives the folder).
+        check_labels (`bool`, defaults to `True`): check each file's tags (module docstring); turn off only for files
+            that deliberately differ from the published split.
         data_url (`str`, *optional*): without ``data_dir``, download from this mirror of the repository
             (``<data_url>/<commit>/MNER/data/twitter2017/...``) instead of ``$MSPT_DATA_URL`` or GitHub.
     """
@@ -55,6 +75,7 @@ class IMNERConfig(datasets.BuilderConfig):
     image_dir: str | None = None
     embed_images: bool = False
     data_url: str | None = None
+    check_labels: bool = True
 
 
 def read_conll(path: str, tag_map: dict[str, str]) -> Iterator[tuple[int, str, list[str], list[str]]]:
@@ -67,6 +88,7 @@ def read_conll(path: str, tag_map: dict[str, str]) -> Iterator[tuple[int, str, l
             image_id = line[len("IMGID:"):].strip()
             if not image_id:
                 raise BenchmarkFormatError(path, number, "empty IMGID")
+            check_image_id(path, number, image_id, "IMGID")
             sentence = (number, image_id, [], [])
         elif not line.strip():
             if sentence is not None:
@@ -77,13 +99,15 @@ def read_conll(path: str, tag_map: dict[str, str]) -> Iterator[tuple[int, str, l
         else:
             if sentence is None:
                 raise BenchmarkFormatError(path, number, "word line outside a sentence (no 'IMGID:' line before it)")
-            word, sep, tag = line.rpartition("\t") if "\t" in line else line.rpartition(" ")
-            if not sep or not tag.strip():
-                raise BenchmarkFormatError(path, number, f"malformed line {line!r}: expected 'word<TAB>tag' (truncated file?)")
-            if tag.strip() not in tag_map:
-                raise BenchmarkFormatError(path, number, f"unknown tag {tag.strip()!r}; known: {sorted(tag_map)}")
+            fields = line.split("\t") if "\t" in line else line.split(" ")
+            if len(fields) != 2 or not fields[1].strip():
+                raise BenchmarkFormatError(path, number, f"malformed line {line!r}: expected 'word<TAB>tag', one word "
+                                           f"and one tag, found {len(fields)} field(s) (truncated file?)")  # fmt: skip
+            word, tag = fields[0], fields[1].strip()
+            if tag not in tag_map:
+                raise BenchmarkFormatError(path, number, f"unknown tag {tag!r}; known: {sorted(tag_map)}")
             sentence[2].append(word)
-            sentence[3].append(tag_map[tag.strip()])
+            sentence[3].append(tag_map[tag])
     if sentence is not None:
         raise BenchmarkFormatError(
             path, sentence[0], "the file ends inside this sentence (no blank line after its last word): truncated?"
@@ -95,10 +119,8 @@ class IMNER(datasets.GeneratorBasedBuilder):
 
     BUILDER_CONFIG_CLASS = IMNERConfig
     BUILDER_CONFIGS = [
-        IMNERConfig(name="plom", version=datasets.Version("1.0.0"), split_dir="sep-PLOM",
-                    description="PER -> LOC -> ORG -> MISC"),
-        IMNERConfig(name="polm", version=datasets.Version("1.0.0"), split_dir="sep-POLM-NEW",
-                    description="PER -> ORG -> LOC -> MISC"),
+        IMNERConfig(name=name, version=datasets.Version("1.1.0"), split_dir=folder, description=" -> ".join(types))
+        for name, (folder, types) in PUBLISHED.items()
     ]
     DEFAULT_CONFIG_NAME = "plom"
     task_type = "ner"
@@ -172,6 +194,9 @@ class IMNER(datasets.GeneratorBasedBuilder):
             local = remote.download(dl_manager, [pinned[os.path.basename(p)] for files in tasks for p in files.values()])
             tasks = [{split: local[path] for split, path in files.items()} for files in tasks]
         tag_map = self._tag_map()
+        if self.config.check_labels:
+            self._check_labels(tasks, tag_map)
+        self._checked_images = {}  # path -> verdict: the test files repeat their images
         self._first_tagged = {}
         for task_id, files in enumerate(tasks):
             for _, image_id, words, tags in read_conll(files["test"], tag_map):
@@ -183,13 +208,44 @@ class IMNER(datasets.GeneratorBasedBuilder):
             for task_id, files in enumerate(tasks) for split in ("train", "validation", "test")
         ]
 
+    def _check_labels(self, tasks: list[dict[str, str]], tag_map: dict[str, str]) -> None:
+        """Every file's tags against the published schedule and the training files (module docstring), before
+        anything is generated. Errors name ``path:line`` and the fix."""
+        name = self.config.name
+        folder, schedule = PUBLISHED.get(name, (None, None))
+        if self.config.split_dir != folder or len(tasks) != len(schedule or ()):
+            schedule = None
+        opt_out = "or pass check_labels=False if your files deliberately differ from the published split"
+        trained = set()
+        for k, files in enumerate(tasks):
+            for split in SPLITS:
+                for line, _, _, tags in read_conll(files[split], tag_map):
+                    for number, tag in enumerate(tags, start=line + 1):  # the word lines follow the IMGID line
+                        kind = tag[2:]
+                        if tag == "O":
+                            continue
+                        allowed = (schedule[k:k + 1] if split != "test" else schedule[:k + 1]) if schedule else [kind]
+                        if kind not in allowed:
+                            raise BenchmarkFormatError(files[split], number, (
+                                f"tag {tag!r} in a task-{k} file of imner/{name} ({' -> '.join(schedule)}): its "
+                                f"{split} files tag only {', '.join(allowed)} (reference notes §9.2). Fix the tag "
+                                f"(O?), {opt_out}"))
+                        if split == "train":
+                            trained.add(kind)
+                        elif kind not in trained:
+                            raise BenchmarkFormatError(files[split], number, (
+                                f"tag {tag!r}: type {kind} has no training example in tasks 0..{k}, so no model learns "
+                                f"it and its entities can only be scored wrong (a typo?). Fix the tag, {opt_out}"))
+
     def _generate_examples(self, path: str, split: str, task_id: int):
+        embed, checked = self.config.embed_images, self._checked_images
         for number, image_id, words, tags in read_conll(path, self._tag_map()):
             file_name = image_id if os.path.splitext(image_id)[1] else f"{image_id}.jpg"
             yield number, {
                 "tokens": words,
                 "ner_tags": tags,
-                "image": image_value(self.image_path(split, file_name), self.config.embed_images) if self.image_root else None,
+                # None (absent or unreadable) is counted by load_benchmark
+                "image": image_value(self.image_path(split, file_name), embed, checked)[0] if self.image_root else None,
                 "image_id": file_name,
                 "task_id": self._first_tagged.get((image_id, tuple(words)), -1) if split == "test" else task_id,
             }

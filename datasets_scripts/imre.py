@@ -15,6 +15,12 @@ the user's: pass ``image_dir`` (and ``crops_dir``). ``sep7`` is not pinned and n
 Train/val files hold the task's new relations plus ``None``; test files are cumulative. Every
 example's ``task_id`` is its file's task; in test files it is the first test file holding the line,
 i.e. the task that introduced it (the per-task test slices). See reference notes §9.1.
+
+Labels are checked before anything is generated (``check_labels``), because without ``ours_rel2id.json`` a typo
+would silently become a label of its own and shift every id after it: in every split, a relation of a val/test
+file (``None`` aside) must have a training example in that task or an earlier one; under the published configurations (``sep5``,
+``sep7``, ``sep10`` in their own folders) a relation must be one of the 23 of MNRE and, when all the tasks are
+there, belong to the task the published split gives it (``SCHEDULES``). Errors name the file and line.
 """
 
 import ast
@@ -27,7 +33,7 @@ from dataclasses import dataclass
 import datasets
 
 from . import remote
-from .common import BenchmarkFormatError, image_value, read_lines, re_features, split_name, task_files
+from .common import BenchmarkFormatError, check_image_id, image_value, read_lines, re_features, split_name, task_files
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +42,31 @@ NO_RELATION = "None"
 REMOTE_ROOT = "MRE/data"  # data_dir's counterpart in the paper's repository
 PATTERN = "ours_{split}_{k}.txt"
 _RELATION_RE = re.compile(r"""['"]relation['"]\s*:\s*(['"])(.*?)\1""")
+
+PER, ORG, LOC, MISC = "/per/per/", "/org/org/", "/per/loc/", "/per/misc/"
+# The published task schedules, reference notes §9.1: the relations each task introduces.
+SCHEDULES = {
+    "sep5": [[f"{PER}peer", "/per/org/member_of", f"{PER}charges", f"{MISC}religion"],
+             ["/loc/loc/contain", f"{MISC}present_in", f"{PER}siblings", f"{PER}neighbor"],
+             ["/org/loc/locate_at", f"{LOC}place_of_residence", f"{MISC}awarded", f"{PER}parent"],
+             ["/misc/loc/held_on", f"{ORG}subsidiary", f"{MISC}nationality", "/misc/misc/part_of"],
+             [f"{PER}alternate_names", f"{PER}couple", f"{ORG}alternate_names", f"{LOC}place_of_birth"]],
+    "sep7": [[f"{PER}peer", "/per/org/member_of", f"{MISC}religion"],
+             ["/loc/loc/contain", f"{PER}charges", f"{PER}siblings"],
+             [f"{MISC}present_in", "/org/loc/locate_at", f"{PER}neighbor"],
+             [f"{LOC}place_of_residence", f"{MISC}awarded", f"{PER}parent"],
+             ["/misc/loc/held_on", f"{ORG}subsidiary", f"{MISC}nationality"],
+             [f"{PER}alternate_names", "/misc/misc/part_of", f"{LOC}place_of_birth"],
+             [f"{PER}couple", f"{ORG}alternate_names"]],
+    "sep10": [[f"{PER}peer", f"{MISC}religion"], ["/per/org/member_of", f"{PER}charges"],
+              ["/loc/loc/contain", f"{PER}siblings"], [f"{MISC}present_in", f"{PER}neighbor"],
+              ["/org/loc/locate_at", f"{MISC}awarded"], [f"{LOC}place_of_residence", f"{PER}parent"],
+              ["/misc/loc/held_on", f"{MISC}nationality"], [f"{ORG}subsidiary", "/misc/misc/part_of"],
+              [f"{PER}alternate_names", f"{LOC}place_of_birth"], [f"{PER}couple", f"{ORG}alternate_names"]],
+}  # fmt: skip
+# The 23 labels of MNRE (ours_rel2id.json): the 20 of the schedules, two that are in no task, and None.
+MNRE_RELATIONS = frozenset([NO_RELATION, f"{PER}alumi", f"{MISC}race", *SCHEDULES["sep5"][0], *SCHEDULES["sep5"][1],
+                            *SCHEDULES["sep5"][2], *SCHEDULES["sep5"][3], *SCHEDULES["sep5"][4]])  # fmt: skip
 
 
 @dataclass
@@ -50,7 +81,10 @@ class IMREConfig(datasets.BuilderConfig):
             the relations in order of first appearance (train, val, test of task 0, then task 1, ...).
         image_dir (`str`, *optional*): folder with ``{train,val,test}/`` images; ``data_dir/img_org``.
         crops_dir (`str`, *optional*): folder with ``{train,val,test}/crops/``; ``data_dir/img_vg``.
-        embed_images (`bool`): store image bytes in the cache instead of paths to ``image_dir``.
+        embed_images (`bool`): store image bytes in the cache instead of paths to ``image_dir``, so that the cache
+            (and a ``save_to_disk`` copy) keeps the pixels when the image folder moves.
+        check_labels (`bool`, defaults to `True`): check each file's relations (module docstring); turn off only for
+            files that deliberately differ from the published split.
         data_url (`str`, *optional*): without ``data_dir``, download from this mirror of the repository
             (``<data_url>/<commit>/MRE/data/txt/...``) instead of ``$MSPT_DATA_URL`` or GitHub.
     """
@@ -61,6 +95,7 @@ class IMREConfig(datasets.BuilderConfig):
     crops_dir: str | None = None
     embed_images: bool = False
     data_url: str | None = None
+    check_labels: bool = True
 
 
 def parse_line(path: str, number: int, line: str, labels: set[str]) -> dict:
@@ -95,6 +130,7 @@ def parse_line(path: str, number: int, line: str, labels: set[str]) -> dict:
         raise BenchmarkFormatError(path, number, f"unknown relation {relation!r}; the label space has {len(labels)} labels")
     if not isinstance(record["img_id"], str) or not record["img_id"]:
         raise BenchmarkFormatError(path, number, "malformed line: 'img_id' must be a non-empty string")
+    check_image_id(path, number, record["img_id"], "img_id")
     example.update(relation=relation, image_id=record["img_id"])
     return example
 
@@ -104,7 +140,7 @@ class IMRE(datasets.GeneratorBasedBuilder):
 
     BUILDER_CONFIG_CLASS = IMREConfig
     BUILDER_CONFIGS = [
-        IMREConfig(name=name, version=datasets.Version("1.0.0"), description=f"MNRE split into {name[3:]} tasks")
+        IMREConfig(name=name, version=datasets.Version("1.1.0"), description=f"MNRE split into {name[3:]} tasks")
         for name in ("sep5", "sep7", "sep10")
     ]
     DEFAULT_CONFIG_NAME = "sep10"
@@ -214,6 +250,9 @@ class IMRE(datasets.GeneratorBasedBuilder):
             self._downloaded = remote.download(dl_manager, [remote.remote_file(p, self.config.data_url) for p in wanted])
             tasks = [{split: self._downloaded[path] for split, path in files.items()} for files in tasks]
             self.info.features = re_features(self._label_names(tasks))
+        if self.config.check_labels:
+            self._check_labels(tasks)
+        self._checked_images = {}  # path -> verdict: test files repeat their images
         # first test file holding each line: the task that introduced the example
         self._first_test_task = {}
         for task_id, files in enumerate(tasks):
@@ -225,6 +264,47 @@ class IMRE(datasets.GeneratorBasedBuilder):
                                     gen_kwargs={"path": files[split], "split": split, "task_id": task_id})
             for task_id, files in enumerate(tasks) for split in ("train", "validation", "test")
         ]
+
+    def _check_labels(self, tasks: list[dict[str, str]]) -> None:
+        """Every file's relations against the label space, the published schedule and the training files (module
+        docstring), before anything is generated. Errors name ``path:line`` and the fix."""
+        name = self.config.name
+        explicit = bool(self.config.label_names) or bool((p := self._rel2id_path()) and os.path.isfile(p))
+        published = name in SCHEDULES and (self.config.split_dir or name) == name
+        schedule = SCHEDULES[name] if published and len(tasks) == len(SCHEDULES[name]) else None
+        labels = set(self.info.features["relation"].names)
+        opt_out = "or pass check_labels=False if your files deliberately differ from the published split"
+        trained = set()
+        for k, files in enumerate(tasks):
+            for split in ("train", "validation", "test"):
+                for number, line in read_lines(files[split]):
+                    match = _RELATION_RE.search(line)
+                    if not match:
+                        continue  # malformed: parse_line names it
+                    relation, path = match.group(2), files[split]
+                    if explicit and relation not in labels:
+                        raise BenchmarkFormatError(path, number, f"unknown relation {relation!r}; the label space has "
+                                                   f"{len(labels)} labels (label_names or ours_rel2id.json): fix the "
+                                                   "line or add the relation there")  # fmt: skip
+                    if published and not explicit and relation not in MNRE_RELATIONS:
+                        raise BenchmarkFormatError(path, number, (
+                            f"relation {relation!r} is not one of the 23 MNRE relations (a typo?). Fix the line; if "
+                            "your files use other relations on purpose, give the label space (label_names=[...] with "
+                            f"'None' first, or data_dir/ours_rel2id.json), {opt_out}"))
+                    if schedule and relation != NO_RELATION:
+                        allowed = schedule[k] if split != "test" else [r for t in schedule[: k + 1] for r in t]
+                        if relation not in allowed:
+                            task = next((f"task {j}" for j, t in enumerate(schedule) if relation in t), "no task")
+                            raise BenchmarkFormatError(path, number, (
+                                f"relation {relation!r} in a task-{k} {split} file of imre/{name}: the published "
+                                f"split introduces it in {task} (task {k} adds {', '.join(schedule[k])}; reference "
+                                f"notes §9.1). Fix the line, {opt_out}"))
+                    if split == "train":
+                        trained.add(relation)
+                    elif relation not in trained and relation != NO_RELATION:  # None: always in the label space
+                        raise BenchmarkFormatError(path, number, (
+                            f"relation {relation!r} has no training example in tasks 0..{k}: no model learns it and "
+                            f"its examples can only be scored wrong (a typo?). Fix the line, {opt_out}"))
 
     def _crops(self, split: str) -> dict[str, list[str]]:
         """Crops of each example keyed by its line in the full split file (fixes D10: the crops
@@ -251,15 +331,25 @@ class IMRE(datasets.GeneratorBasedBuilder):
     def _generate_examples(self, path: str, split: str, task_id: int):
         labels = set(self.info.features["relation"].names)
         crops = self._crops(split)
-        embed = self.config.embed_images
+        embed, checked = self.config.embed_images, self._checked_images
         for number, line in read_lines(path):
             if not line.strip():
                 continue
             example = parse_line(path, number, line, labels)
+            match = _RELATION_RE.search(line)
+            if match is None or match.group(2) != example["relation"]:  # what _check_labels read is what is used
+                raise BenchmarkFormatError(path, number, "malformed line: more than one 'relation' entry")
             key = line.strip()
             image = self.image_path(split, example["image_id"])
-            example["image"] = image_value(image, embed) if self.image_root else None
-            example["aux_images"] = [image_value(p, embed) for p in crops.get(key, [])]
+            example["image"] = image_value(image, embed, checked)[0] if self.image_root else None  # None: counted
+            example["aux_images"] = []
+            for crop in crops.get(key, []):
+                reported = crop in checked
+                value, problem = image_value(crop, embed, checked)
+                if problem and not reported:
+                    logger.warning("object crop %s is left out of line %s:%d: %s", crop, path, number, problem)
+                if value is not None:
+                    example["aux_images"].append(value)
             example["task_id"] = self._first_test_task.get(key, task_id) if split == "test" else task_id
             yield number, example
 

@@ -2,15 +2,25 @@
 
 - Relation extraction: entity markers `<s> … </s>` around the head and `<o> … </o>` around the tail, from word spans
   `[start, end)` (reference notes §2.1). Unlike the reference, a closing marker is emitted at the end of the sentence too (D23).
+  The markers are the only special tokens in the input: a literal `<s>`, `[SEP]`, … in the user's words is
+  neutralised (`escape_special_tokens`) and tokenised as ordinary text.
 - NER: word-level tags are aligned to the first sub-token of each word; other sub-tokens and special tokens get -100;
   `word_start_mask` marks the first sub-tokens (the CRF runs over them).
-- A missing image (`None`) becomes zero pixels with `image_mask = 0`.
+- A missing or unreadable image (`None`, an absent, empty, truncated or non-image file) becomes zero pixels with
+  `image_mask = 0`, with one warning per file. Images are decoded by `load_image`: never more than
+  `DECODE_MAX_PIXELS` (or `PIL.Image.MAX_IMAGE_PIXELS` when lower) are held, a larger JPEG is decoded at reduced
+  scale (a 14000 x 14000 photo too), another format over PIL's limit is refused.
 """
 
+import hashlib
+import io
+import math
 import os
+import re
+from typing import NamedTuple
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps, JpegImagePlugin
 from transformers import (
     AutoImageProcessor,
     AutoTokenizer,
@@ -24,17 +34,109 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 RE_MARKERS = ("<s>", "</s>", "<o>", "</o>")
+DECODE_MAX_PIXELS = 4096 * 4096  # larger images are decoded at reduced scale (the towers see a few hundred pixels)
+_ESCAPE = "\u200b"  # zero-width space: splits a literal special token; BERT's normaliser then drops it
 
 
-def _load_image(image, where):
-    if image is None or isinstance(image, Image.Image):
-        return image
+class DecodedImage(NamedTuple):
+    """What `load_image` made of an image: `image` (RGB, at most the decode budget; `None` when absent or
+    unreadable), `size` (width, height as the file declares it, when known) and `problem` (why `image` is `None`)."""
+
+    image: "Image.Image | None"
+    size: tuple[int, int] | None
+    problem: str | None
+
+
+def load_image(image, max_pixels: int = DECODE_MAX_PIXELS) -> DecodedImage:
+    """Decode an image without ever raising on a bad file.
+
+    `image`: a PIL image, a file path, raw bytes, or a `datasets` image dict (`{"bytes": ..., "path": ...}`, as rows
+    read with `datasets.Image(decode=False)` hold them); `None` is no image. The budget is `max_pixels`, or
+    `PIL.Image.MAX_IMAGE_PIXELS` when that is lower: a larger JPEG is decoded at reduced scale (`Image.draft`, 1/2 to
+    1/8, even past PIL's own limit), a larger image of another format is decoded in full only within PIL's limit and
+    then downscaled, and refused beyond it. EXIF orientation is applied, as `datasets.Image` does.
+    Returns a `DecodedImage`; its `problem` says what was wrong (absent, empty, unreadable, too large).
+    """
+    if image is None:
+        return DecodedImage(None, None, None)
+    if isinstance(image, Image.Image):
+        try:
+            return DecodedImage(image.convert("RGB"), image.size, None)
+        except Exception as err:  # a lazily opened file can still turn out truncated here
+            return DecodedImage(None, image.size, f"unreadable ({type(err).__name__}: {err})")
+    if isinstance(image, dict):
+        data, path = image.get("bytes"), image.get("path")
+    elif isinstance(image, (bytes, bytearray)):
+        data, path = bytes(image), None
+    elif isinstance(image, (str, os.PathLike)):
+        data, path = None, os.fspath(image)
+    else:
+        raise TypeError(f"an image must be a PIL image, a file path, bytes, a {{'bytes', 'path'}} dict or None, "
+                        f"got {type(image).__name__}")  # fmt: skip
+    if data is None:
+        if not path or not os.path.isfile(path):
+            return DecodedImage(None, None, "file not found")
+        if os.path.getsize(path) == 0:
+            return DecodedImage(None, None, "empty file")
+        source = path
+    elif not data:
+        return DecodedImage(None, None, "empty image bytes")
+    else:
+        source = io.BytesIO(data)
+    try:
+        return _decode(source, max_pixels)
+    except Image.DecompressionBombError as err:
+        return DecodedImage(None, None, f"too large to decode ({err} Raise PIL.Image.MAX_IMAGE_PIXELS to read it; "
+                                        "only JPEG can be decoded at reduced scale)")  # fmt: skip
+    except Exception as err:  # a decoder fed hostile bytes can raise almost anything
+        return DecodedImage(None, None, f"unreadable ({type(err).__name__}: {err})")
+
+
+def _decode(source, max_pixels: int) -> DecodedImage:
+    limit = Image.MAX_IMAGE_PIXELS
+    budget = min(max_pixels, limit) if limit else max_pixels
+    try:
+        opened = Image.open(source)
+    except Image.DecompressionBombError:  # PIL refuses the declared size; a JPEG can still be decoded reduced
+        if not _is_jpeg(source):
+            raise
+        opened = JpegImagePlugin.JpegImageFile(source)
+    with opened:
+        size = opened.size
+        if size[0] * size[1] > budget:
+            scale = math.sqrt(size[0] * size[1] / budget)  # ask for half the side: draft rounds its scale down
+            opened.draft("RGB", (max(1, int(size[0] / (2 * scale))), max(1, int(size[1] / (2 * scale)))))
+            if limit and opened.width * opened.height > limit:
+                raise Image.DecompressionBombError(
+                    f"{size[0]} x {size[1]} pixels is over PIL.Image.MAX_IMAGE_PIXELS={limit} and this "
+                    f"{opened.format} cannot be decoded at reduced scale."
+                )
+        opened.load()
+        image = ImageOps.exif_transpose(opened).convert("RGB")
+    if image.width * image.height > budget:
+        scale = math.sqrt(image.width * image.height / budget)
+        image.thumbnail((max(1, int(image.width / scale)), max(1, int(image.height / scale))))
+    return DecodedImage(image, size, None)
+
+
+def _is_jpeg(source) -> bool:
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
+        return source.getvalue()[:3] == b"\xff\xd8\xff"
+    with open(source, "rb") as f:
+        return f.read(3) == b"\xff\xd8\xff"
+
+
+def image_reference(image) -> str:
+    """How a warning names an image: its path, or its size and digest when it came as bytes."""
+    if isinstance(image, dict) and image.get("path"):
+        return str(image["path"])
     if isinstance(image, (str, os.PathLike)):
-        if not os.path.exists(image):
-            logger.warning_once(f"{where}: image file {str(image)!r} not found; using a zero image (image_mask=0).")
-            return None
-        return Image.open(image).convert("RGB")
-    raise TypeError(f"{where} must be a PIL image, a file path or None, got {type(image).__name__}.")
+        return os.fspath(image)
+    data = image.get("bytes") if isinstance(image, dict) else image
+    if isinstance(data, (bytes, bytearray)):
+        return f"<{len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()[:12]}>"
+    return f"<{type(image).__name__}>"
 
 
 class MSPTProcessor(ProcessorMixin):
@@ -78,6 +180,21 @@ class MSPTProcessor(ProcessorMixin):
     def marker_ids(self):
         return self.tokenizer.convert_tokens_to_ids(list(RE_MARKERS))
 
+    def escape_special_tokens(self, words: list[list[str]]) -> list[list[str]]:
+        """The words with every literal special token (`<s>`, `</o>`, `[SEP]`, …) broken by a zero-width space, so the
+        tokenizer reads it as text: only the markers `__call__` inserts from the spans become marker tokens. Words
+        without one are returned unchanged (the same list when the batch has none)."""
+        pattern = "|".join(re.escape(t) for t in sorted(self.tokenizer.all_special_tokens, key=len, reverse=True))
+        if not pattern or not re.search(pattern, "\n".join(w for sentence in words for w in sentence)):
+            return words
+
+        def escape(word):
+            while re.search(pattern, word):  # until no special token is left, even one formed across an escape
+                word = re.sub(pattern, lambda m: m[0][0] + _ESCAPE + m[0][1:], word)
+            return word
+
+        return [[escape(w) for w in sentence] for sentence in words]
+
     def __call__(
         self,
         words: list[list[str]],
@@ -92,7 +209,8 @@ class MSPTProcessor(ProcessorMixin):
     ) -> BatchFeature:
         r"""
         words: one list of words per example (pre-tokenised, as in the benchmarks).
-        images: one PIL image, file path or `None` (missing) per example; `None` for the whole batch = no images.
+        images: one PIL image, file path, image bytes / `datasets` image dict or `None` (missing) per example; `None`
+            for the whole batch = no images. An unreadable file is a zero image (`image_mask=0`), warned once per file.
         head_spans / tail_spans: word spans `[start, end)` of the head and tail entity (relation extraction).
         word_labels: one tag id per word (NER); aligned to first sub-tokens, -100 elsewhere.
         labels: one relation id per example (relation extraction).
@@ -111,8 +229,9 @@ class MSPTProcessor(ProcessorMixin):
         if (head_spans is None) != (tail_spans is None):
             raise ValueError("Give both `head_spans` and `tail_spans` (relation extraction) or neither.")
 
-        sequences = words if head_spans is None else [self._mark(i, w, head_spans[i], tail_spans[i])
-                                                      for i, w in enumerate(words)]  # fmt: skip
+        escaped = self.escape_special_tokens(words)
+        sequences = escaped if head_spans is None else [self._mark(i, w, head_spans[i], tail_spans[i])
+                                                        for i, w in enumerate(escaped)]  # fmt: skip
         encoding = self.tokenizer(
             sequences, is_split_into_words=True, truncation=True, max_length=self.max_length, padding=padding,
             return_tensors=return_tensors,
@@ -188,10 +307,10 @@ class MSPTProcessor(ProcessorMixin):
         size = self.image_processor.crop_size["height"]
         pixel_values = torch.zeros(batch, 3, size, size)
         image_mask = torch.zeros(batch, dtype=torch.long)
-        loaded = [_load_image(img, f"`images[{i}]`") for i, img in enumerate(images or [None] * batch)]
+        loaded = [_load(img) for img in images or [None] * batch]
         present = [i for i, img in enumerate(loaded) if img is not None]
         if present:
-            pixel_values[present] = self._pixels([loaded[i].convert("RGB") for i in present])
+            pixel_values[present] = self._pixels([loaded[i] for i in present])
             image_mask[present] = 1
         return {"pixel_values": pixel_values, "image_mask": image_mask}
 
@@ -200,13 +319,21 @@ class MSPTProcessor(ProcessorMixin):
         aux_pixel_values = torch.zeros(batch, n, 3, size, size)
         aux_mask = torch.zeros(batch, n, dtype=torch.long)
         for i, crops in enumerate(aux_images or [[]] * batch):
-            loaded = [c for c in (_load_image(c, f"`aux_images[{i}]`") for c in list(crops)[:n]) if c is not None]
+            loaded = [c for c in (_load(c) for c in list(crops)[:n]) if c is not None]
             if loaded:
-                aux_pixel_values[i, : len(loaded)] = self._pixels([c.convert("RGB") for c in loaded], size)
+                aux_pixel_values[i, : len(loaded)] = self._pixels(loaded, size)
                 aux_mask[i, : len(loaded)] = 1
         return {"aux_pixel_values": aux_pixel_values, "aux_mask": aux_mask}
 
 
+def _load(image):
+    """`load_image` for a processor call: the RGB image, or `None` with one warning per file and problem."""
+    decoded = load_image(image)
+    if decoded.problem:
+        logger.warning_once(f"image {image_reference(image)}: {decoded.problem}; using a zero image (image_mask=0).")
+    return decoded.image
+
+
 MSPTProcessor.register_for_auto_class()
 
-__all__ = ["MSPTProcessor", "RE_MARKERS"]
+__all__ = ["DECODE_MAX_PIXELS", "DecodedImage", "MSPTProcessor", "RE_MARKERS", "load_image"]
