@@ -4,8 +4,9 @@ A post is a dict ``{"id": str, "text": str, "image": path | PIL.Image | None}``;
 ``modeling_mspt.MSPTKnowledgeGraphPipeline`` takes.
 
 - ``read_posts(path)``: a JSON Lines file (one ``{id, text, image}`` per line, ``image`` a path relative to the
-  file) or a directory of ``<stem>.txt`` files with an image of the same stem. Bad lines do not stop the reading:
-  they come back as ``PostError`` records naming the file, the line and the id when it could be read.
+  file, optional ``entity_spans``) or a directory of ``<stem>.txt`` files with an image of the same stem. Bad lines
+  do not stop the reading: they come back as ``PostError`` records naming the file, the line and the id when it
+  could be read; so do bad ``entity_spans`` and a repeated id (ids name the posts in the graph).
 - ``synthetic_posts(n, ...)``: ``[filler] TITLE1 NAME1 VERB TITLE2 NAME2 [filler]`` and an image of one large
   shape, built from the synthetic benchmark's task grids (``synthetic.task_grid``), so their entities and triples
   follow from the same rules the NER and RE models of the demo runs learned: NAME_i is an entity of type
@@ -43,9 +44,12 @@ def read_posts(path: str | os.PathLike) -> tuple[list[dict], list[PostError]]:
     """Posts from a ``.jsonl`` file or a directory of ``.txt`` files, and the ones that could not be read.
 
     JSONL: ``{"id": ..., "text": ..., "image": "img/1.jpg"}`` per line (``image`` optional, relative to the file's
-    folder; blank lines are skipped; a missing ``id`` becomes ``line-<n>``). Directory: each ``<stem>.txt`` is a post
-    with id ``<stem>``; its image is the first ``<stem>.<ext>`` found for the usual image extensions. Images are
-    returned as paths and not opened here, so a missing image file is reported by the pipeline, per post.
+    folder; blank lines are skipped; a missing ``id`` becomes ``line-<n>``). An id already used by an earlier line is
+    an error (two posts with one id would merge in the graph). ``entity_spans`` (optional): the post's entities as
+    word spans ``[start, end]`` or ``[start, end, type]`` of ``text.split()`` (end exclusive); checked here and
+    kept, so the pipeline runs only its RE stage on them. Directory: each ``<stem>.txt`` is a post with id
+    ``<stem>``; its image is the first ``<stem>.<ext>`` found for the usual image extensions. Images are returned as
+    paths and not opened here, so a missing image file is reported by the pipeline, per post.
     """
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -53,6 +57,7 @@ def read_posts(path: str | os.PathLike) -> tuple[list[dict], list[PostError]]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such JSON Lines file or directory of .txt posts")
     posts, errors = [], []
+    first_line: dict[str, int] = {}  # id -> the line that has it
     folder = os.path.dirname(os.path.abspath(path))
     with open(path, "rb") as f:
         lines = f.read().split(b"\n")
@@ -69,13 +74,42 @@ def read_posts(path: str | os.PathLike) -> tuple[list[dict], list[PostError]]:
             errors.append(PostError(None, where, f"expected a JSON object, got {type(record).__name__}"))
             continue
         post_id = str(record["id"]) if record.get("id") is not None else f"line-{number}"
+        if post_id in first_line:
+            errors.append(PostError(post_id, where, f"duplicate id {post_id!r}: {path}:{first_line[post_id]} has it "
+                                                    "already; ids name the posts in the graph, make them unique"))
+            continue
+        first_line[post_id] = number
         image = record.get("image")
         if image is not None and not isinstance(image, str):
             errors.append(PostError(post_id, where, f"`image` must be a path string, got {type(image).__name__}"))
             continue
-        posts.append({"id": post_id, "text": record.get("text"),
-                      "image": None if not image else os.path.join(folder, image)})  # fmt: skip
+        post = {"id": post_id, "text": record.get("text"), "image": None if not image else os.path.join(folder, image)}
+        if record.get("entity_spans") is not None:
+            problem = _span_problem(record["entity_spans"], record.get("text"))
+            if problem:
+                errors.append(PostError(post_id, where, f"bad `entity_spans`: {problem}"))
+                continue
+            post["entity_spans"] = record["entity_spans"]
+        posts.append(post)
     return posts, errors
+
+
+def _span_problem(spans, text) -> str | None:
+    """Why ``entity_spans`` is not a list of ``[start, end]`` / ``[start, end, type]`` word spans of ``text``."""
+    if not isinstance(spans, list):
+        return f"expected a list of [start, end] or [start, end, type] word spans, got {type(spans).__name__}"
+    words = len(text.split()) if isinstance(text, str) else None
+    for span in spans:
+        if not isinstance(span, list) or len(span) not in (2, 3):
+            return f"{span!r} is not [start, end] or [start, end, type]"
+        start, end = span[:2]
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in (start, end)):
+            return f"{span!r}: start and end must be integers (word indices)"
+        if len(span) == 3 and not isinstance(span[2], str):
+            return f"{span!r}: the type must be a string"
+        if not 0 <= start < end or (words is not None and end > words):
+            return f"{span!r} is outside the text of {words} words (spans are [start, end) word indices)"
+    return None
 
 
 def _salvage_id(raw: bytes) -> str | None:

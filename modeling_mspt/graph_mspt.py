@@ -42,6 +42,14 @@ class MSPTKnowledgeGraph:
         self.posts: dict[str, str | None] = {}  # post id -> image reference, for the posts that went through
 
     def add(self, results: list[dict]) -> "MSPTKnowledgeGraph":
+        """Merge pipeline results (failed posts are skipped). A post id already in the graph, or twice in `results`,
+        is a `ValueError` and nothing is added: two posts with one id would merge their mentions and evidence."""
+        counts = Counter(r["id"] for r in results if not r.get("error"))
+        repeated = sorted(i for i, n in counts.items() if n > 1 or i in self.posts)
+        if repeated:
+            raise ValueError(f"post id {repeated[0]!r} is already in the graph or twice in these results "
+                             f"({len(repeated)} such id(s)): two posts with one id would merge their mentions and "
+                             "evidence. Give every post a unique id.")
         for result in results:
             if result.get("error"):
                 continue

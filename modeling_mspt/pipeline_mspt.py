@@ -19,8 +19,10 @@ A post may bring its own entities as `entity_spans` (`[start, end]` or `[start, 
 skipped for it (confidence 1) and only the RE stage runs, e.g. to use another entity recogniser or gold entities.
 
 Bad input never stops the other posts: a post without text or that is not a mapping gets `error` and no output; a
-missing or unreadable image file is replaced by a zero image (`image_mask=0`, as in training) and the post gets
-`image_missing=True` and a warning. Object crops (`aux_images`) are not used; text beyond a processor's
+missing or unreadable image file (empty, not an image, truncated, or over PIL's size limit in a format that cannot be
+decoded at reduced scale) is replaced by a zero image (`image_mask=0`, as in training) and the post gets
+`image_missing=True` and a warning. A huge JPEG (a 14000 x 14000 photo) is decoded at reduced scale
+(`processing_mspt.load_image`). Literal marker strings in the text (`<s>`, `</o>`, ...) are read as text. Object crops (`aux_images`) are not used; text beyond a processor's
 `max_length` is not tagged (warned per post).
 """
 
@@ -38,7 +40,7 @@ from transformers.utils.logging import tqdm
 
 from .configuration_mspt import MSPTConfig
 from .modeling_mspt import MSPTForRelationExtraction, MSPTForTokenClassification
-from .processing_mspt import MSPTProcessor
+from .processing_mspt import MSPTProcessor, load_image
 
 logger = logging.get_logger(__name__)
 
@@ -229,7 +231,8 @@ class MSPTKnowledgeGraphPipeline(Pipeline):
         """The word index of each tagged step: the identity unless words were truncated or had no sub-token."""
         if tagged == len(post.words):
             return list(range(tagged))
-        ids = self.processor.tokenizer(post.words, is_split_into_words=True, truncation=True,
+        words = self.processor.escape_special_tokens([post.words])[0]  # tokenised as the processor does
+        ids = self.processor.tokenizer(words, is_split_into_words=True, truncation=True,
                                        max_length=self.processor.max_length).word_ids()  # fmt: skip
         starts = [w for j, w in enumerate(ids) if w is not None and (j == 0 or ids[j - 1] != w)]
         if starts and starts[-1] < len(post.words) - 1:
@@ -326,21 +329,20 @@ def _report(post: _Post) -> _Post:
 
 
 def _open_image(image) -> tuple[Image.Image | None, str | None, str | None]:
-    """(RGB image or None, reference for provenance, problem or None)."""
+    """(RGB image or None, reference for provenance, problem or None). Never raises on a bad or huge file."""
     if image is None:
         return None, None, None
     if isinstance(image, Image.Image):
-        return image.convert("RGB"), getattr(image, "filename", "") or None, None
-    if not isinstance(image, (str, os.PathLike)):
+        reference = getattr(image, "filename", "") or None
+    elif isinstance(image, (str, os.PathLike)):
+        reference = os.fspath(image)
+    else:
         return None, None, f"`image` must be a path, a PIL image or None, got {type(image).__name__}; used a zero image"
-    path = os.fspath(image)
-    if not os.path.isfile(path):
-        return None, path, f"image file {path!r} not found; used a zero image"
-    try:
-        with Image.open(path) as opened:
-            return opened.convert("RGB"), path, None
-    except (OSError, ValueError) as err:  # PIL.UnidentifiedImageError is an OSError
-        return None, path, f"image file {path!r} is unreadable ({err}); used a zero image"
+    decoded = load_image(image)
+    if decoded.problem:
+        what = f"image file {reference!r}" if isinstance(image, (str, os.PathLike)) else "the PIL image"
+        return None, reference, f"{what}: {decoded.problem}; used a zero image"
+    return decoded.image, reference, None
 
 
 def _given_entity(span, num_words: int) -> tuple[int, int, str, float]:
