@@ -108,14 +108,15 @@ def reference_profile_distillation(student, teacher):
 def lwf_loss(student_logits, teacher_logits, temperature, valid=None):
     """Learning without Forgetting: T² · KL(softmax(teacher/T) ‖ softmax(student/T)), averaged over the predictions.
 
-    logits [B, C] or [B, L, C]; valid [B] or [B, L] bool selects the predictions that count (e.g. NER word starts).
+    logits [B, C] or [B, L, C]; valid [B] or [B, L] bool selects the predictions that count (e.g. NER word starts);
+    with none selected (a batch whose labels are all -100) the loss is 0 with zero gradients, not 0/0 = NaN.
     """
     log_p = F.log_softmax(student_logits / temperature, dim=-1)
     q = F.softmax(teacher_logits / temperature, dim=-1)
     kl = (q * (torch.log(q.clamp_min(1e-12)) - log_p)).sum(-1)
-    if valid is not None:
-        kl = kl[valid]
-    return kl.mean() * temperature**2
+    if valid is None:
+        return kl.mean() * temperature**2
+    return kl[valid].sum() / valid.sum().clamp_min(1) * temperature**2
 
 
 def ewc_penalty(params, anchors, fisher):

@@ -232,6 +232,20 @@ def test_ner_rows_without_labels_are_skipped(give_word_starts):
     torch.testing.assert_close(mixed, model(**rest, labels=labels[1:]).loss)
 
 
+def test_lwf_over_no_valid_prediction_is_zero_not_nan():
+    from continual_trainer.losses import lwf_loss
+
+    student = torch.randn(3, 7, 5, requires_grad=True)
+    teacher = torch.randn(3, 7, 5)
+    none = torch.zeros(3, 7, dtype=torch.bool)  # NER batch whose labels are all -100; before: mean of nothing = NaN
+    loss = lwf_loss(student, teacher, 2.0, none)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(student.grad, torch.zeros_like(student.grad))
+    some = torch.rand(3, 7, generator=torch.Generator().manual_seed(0)) > 0.5
+    kl = F.kl_div(F.log_softmax(student / 2, -1), F.log_softmax(teacher / 2, -1), reduction="none", log_target=True)
+    torch.testing.assert_close(lwf_loss(student, teacher, 2.0, some), kl.sum(-1)[some].mean() * 4)
+
+
 def test_ner_row_with_a_hole_in_its_labels_is_a_clear_error():
     config = make_config(NER_LABELS)
     model = seeded(MSPTForTokenClassification, config).eval()
