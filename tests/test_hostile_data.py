@@ -302,3 +302,18 @@ def test_imner_line_with_two_tags_is_an_error(tmp_path, line):
     with pytest.raises(BenchmarkFormatError, match="expected 'word<TAB>tag'") as err:
         load_benchmark("imner", "plom", data_dir=tmp_path, cache_dir=tmp_path / "c")
     assert "train_0.txt:3:" in str(err.value)
+
+
+def test_collator_passes_object_crops_to_a_processor_that_takes_them(tiny_tokenizer, tiny_image_processor, tmp_path):
+    """Crops were never given to the processor: a model with `num_aux_images` trained on zero crops."""
+    from modeling_mspt import MSPTProcessor
+
+    processor = MSPTProcessor(tiny_image_processor, tiny_tokenizer, max_length=16, num_aux_images=2,
+                              aux_image_size=16)  # fmt: skip
+    crop = Image.new("RGB", (9, 7), (0, 255, 0))
+    broken = _write(tmp_path / "crop.png", BROKEN["truncated"])
+    rows = [{"tokens": ["a", "cat"], "ner_tags": [0, 0], "image": None, "aux_images": [crop, broken]},
+            {"tokens": ["dog"], "ner_tags": [0], "image": None, "aux_images": []}]  # fmt: skip
+    batch = MSPTDataCollator(processor, "ner")(rows)
+    assert batch["aux_mask"].tolist() == [[1, 0], [0, 0]]
+    assert batch["aux_pixel_values"][0, 0].abs().sum() > 0
