@@ -112,8 +112,9 @@ class MSPTConfig(PreTrainedConfig):
                 f"`vision_config` must be a CLIP vision config (model_type 'clip_vision_model'), got {v.model_type!r}."
             )
         _check_unknown_keys(self)
-        for name, cfg, sizes, probabilities in (("text_config", t, _TEXT_SIZES, _TEXT_PROBABILITIES),
-                                                ("vision_config", v, _VISION_SIZES, _VISION_PROBABILITIES)):  # fmt: skip
+        towers = (("text_config", t, _TEXT_SIZES, _TEXT_PROBABILITIES),
+                  ("vision_config", v, _VISION_SIZES, _VISION_PROBABILITIES))  # fmt: skip
+        for name, cfg, sizes, probabilities in towers:
             for field in sizes:
                 _check_int(f"{name}.{field}", getattr(cfg, field), 1)
             for field in probabilities:
@@ -207,10 +208,12 @@ _VISION_SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "int
                  "patch_size", "num_channels")  # fmt: skip
 _TEXT_PROBABILITIES = ("hidden_dropout_prob", "attention_probs_dropout_prob")
 _VISION_PROBABILITIES = ("attention_dropout",)
-_TOWER_FIELDS = {"text_config": set(_TEXT_SIZES + _TEXT_PROBABILITIES) | {"layer_norm_eps", "hidden_act"},
-                 "vision_config": set(_VISION_SIZES + _VISION_PROBABILITIES) | {"layer_norm_eps", "hidden_act"}}  # fmt: skip
+_TOWER_FIELDS = {
+    "text_config": {*_TEXT_SIZES, *_TEXT_PROBABILITIES, "layer_norm_eps", "hidden_act"},
+    "vision_config": {*_VISION_SIZES, *_VISION_PROBABILITIES, "layer_norm_eps", "hidden_act"},
+}
 _OWN_FIELDS = ("text_config", "vision_config", "num_interaction_layers", "shared_key_mode", "max_text_length",
-               "num_aux_images", "aux_image_size", "re_pooling", "classifier_dropout", "id2label", "label2id")  # fmt: skip
+               "num_aux_images", "aux_image_size", "re_pooling", "classifier_dropout", "id2label", "label2id")
 
 
 def _is_int(value) -> bool:

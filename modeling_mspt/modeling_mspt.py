@@ -178,7 +178,7 @@ class MSPTModel(MSPTPreTrainedModel):
         if batch == 0:
             raise ValueError("`input_ids` is an empty batch (0 rows); skip empty batches before calling the model.")
         if length == 0:
-            raise ValueError("`input_ids` has no tokens (length 0); every row needs at least [CLS] (use MSPTProcessor).")
+            raise ValueError("`input_ids` has no tokens (length 0); each row needs [CLS] at least (use MSPTProcessor).")
         if length > c.max_text_length:
             raise ValueError(
                 f"`input_ids` has length {length} but config.max_text_length is {c.max_text_length}; "
@@ -193,7 +193,7 @@ class MSPTModel(MSPTPreTrainedModel):
             raise ValueError(f"`attention_mask` has shape {list(attention_mask.shape)} but `input_ids` has "
                              f"{list(input_ids.shape)}.")  # fmt: skip
         if image_mask is not None and image_mask.dim() != 1:
-            raise ValueError(f"`image_mask` must be [batch] (1 with an image, 0 without), got {list(image_mask.shape)}.")
+            raise ValueError(f"`image_mask` must be [batch] (1: an image, 0: none), got {list(image_mask.shape)}.")
         size = c.vision_config.image_size
         if pixel_values is not None and tuple(pixel_values.shape[1:]) != (c.vision_config.num_channels, size, size):
             raise ValueError(
