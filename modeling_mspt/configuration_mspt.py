@@ -54,7 +54,14 @@ class MSPTConfig(PreTrainedConfig):
             Dropout on the head's input features.
         id2label / label2id:
             The full label space over all tasks (relations for RE, BIO tags for NER), so that a checkpoint is
-            self-describing.
+            self-describing: ids 0..n-1, unique names, at least one label.
+
+    Raises:
+        ValueError: naming the field, the value and the fix, for a value of the wrong type or out of range (also the
+            tower sizes MSPT relies on: hidden sizes and heads, layers, vocabulary, image and patch size), and for
+            an unknown key that looks like a field (`num_interaction_layer`) or is a tower field given at the top
+            level (`image_size`): such a key would otherwise be ignored and the default used. Other unknown keys
+            are kept as attributes, as transformers does.
     """
 
     model_type = "mspt"
