@@ -44,7 +44,7 @@ NEUTRAL_ARGUMENTS = frozenset({
     "dataloader_multiprocessing_context", "ddp_timeout", "ddp_find_unused_parameters", "local_rank",
     "skip_memory_metrics", "include_num_input_tokens_seen", "torch_empty_cache_steps",
 })  # fmt: skip
-_NEUTRAL_CONFIG = ("_name_or_path", "transformers_version", "_commit_hash")
+_NEUTRAL_CONFIG = ("_name_or_path", "transformers_version", "_commit_hash", "architectures")  # set by save_pretrained
 
 
 def task_dir(root: str, task_id: int) -> str:
@@ -172,8 +172,11 @@ def read_run(root: str) -> dict | None:
 # ------------------------------------------------------------------------------ arguments that change the results
 def run_settings(args, model_config, world_size: int) -> dict:
     """What a resume must keep: every training argument but the neutral ones, the model config, the process count."""
+    def without_paths(config: dict) -> dict:  # where the towers were loaded from, not what they are
+        return {k: without_paths(v) if isinstance(v, dict) else v for k, v in config.items() if k not in _NEUTRAL_CONFIG}
+
     arguments = {k: v for k, v in args.to_dict().items() if k not in NEUTRAL_ARGUMENTS}
-    config = {k: v for k, v in model_config.to_dict().items() if k not in _NEUTRAL_CONFIG}
+    config = without_paths(model_config.to_dict())
     return json.loads(json.dumps({"arguments": arguments, "model": config, "world_size": world_size}, default=str))
 
 

@@ -359,8 +359,9 @@ class ContinualTrainer(Trainer):
         self._step_records = []
         self._metrics.clear()
         self._loss_finite = None
-        if checkpoint is not None and os.path.exists(os.path.join(checkpoint, STEP_RECORDS_NAME)):
-            self._step_records = list(load_file(os.path.join(checkpoint, STEP_RECORDS_NAME))["records"].to(self.args.device))
+        records = os.path.join(checkpoint, STEP_RECORDS_NAME) if checkpoint is not None else None
+        if records is not None and os.path.exists(records):  # safetensors: a checkpoint never runs code on load
+            self._step_records = list(load_file(records, device=str(self.args.device))["records"])
         self.train(resume_from_checkpoint=checkpoint)
         self._check_finite("the end of the task")
 
@@ -374,9 +375,9 @@ class ContinualTrainer(Trainer):
         def remove_partial():
             if self.is_world_process_zero():
                 shutil.rmtree(folder, ignore_errors=True)
-            kept = self._last_save(os.path.dirname(folder))
-            return (f"The partial {os.path.basename(folder)} was removed; {kept} is intact. Free some space, then "
-                    "continue with --resume_from_checkpoint true (same output_dir and arguments).")  # fmt: skip
+            return (f"The partial {os.path.basename(folder)} was removed; {self._last_save(os.path.dirname(folder))}. "
+                    "Free some space, then continue with --resume_from_checkpoint true (same output_dir and "
+                    "arguments).")  # fmt: skip
 
         limit, self.args.save_total_limit = self.args.save_total_limit, None
         try:
@@ -426,15 +427,17 @@ class ContinualTrainer(Trainer):
         return chosen
 
     def _last_save(self, folder: str) -> str:
-        """Where a resume would continue from, for messages: the newest intact checkpoint of `folder` (a task folder)
-        or the last finished task."""
+        """Where a resume would continue from, for messages: the newest intact checkpoint of `folder` (a task folder),
+        else the end of the last finished task, else the beginning."""
         found = [(int(m.group(1)), m.group(0)) for m in map(CHECKPOINT_PATTERN.fullmatch,
                  os.listdir(folder) if os.path.isdir(folder) else []) if m]  # fmt: skip
         for _, name in sorted(found, reverse=True):
             if folder_problem(os.path.join(folder, name), self._checkpoint_files()) is None:
-                return os.path.join(folder, name)
+                return f"the last intact save is {os.path.join(folder, name)}"
         finished = finished_tasks(self.root_dir)
-        return task_dir(self.root_dir, finished[-1]) if finished else "nothing (the run starts again from task 1)"
+        if finished:
+            return f"the last intact save is {task_dir(self.root_dir, finished[-1])} (a finished task)"
+        return "nothing was saved before it: a resume starts from task 1"
 
     def _check_finite(self, where: str, weights: bool = True):
         """Raise FloatingPointError when a loss since the fit began, or (with `weights`) a weight, is nan/inf: called
@@ -453,12 +456,12 @@ class ContinualTrainer(Trainer):
         loss_bad, bad_weights = flags.tolist()
         if not loss_bad and not bad_weights:
             return
-        what = " and ".join(w for w, bad in (("the loss", loss_bad), (f"{int(bad_weights)} weight tensors", bad_weights))
-                            if bad)  # fmt: skip
+        found = (("the loss", loss_bad), (f"{int(bad_weights)} weight tensors", bad_weights))
+        what = " and ".join(name for name, bad in found if bad)
         folder = self.args.output_dir
         raise FloatingPointError(
             f"Training diverged in {folder} (step {self.state.global_step}): {what} became non-finite (nan/inf), "
-            f"found at {where}. Nothing was saved from it; the last save, {self._last_save(folder)}, is intact. "
+            f"found at {where}. Nothing was saved from it; {self._last_save(folder)}. "
             f"Lower learning_rate (now {self.args.learning_rate}) or set max_grad_norm, then start again with "
             "--overwrite_output_dir true or in another output_dir (a resume keeps the arguments the run began with)."
         )
@@ -717,7 +720,8 @@ class ContinualTrainer(Trainer):
             next_dir = task_dir(root, next_task)
             checkpoint = self._intact_checkpoint(next_dir)
             if checkpoint is None and os.path.isdir(next_dir) and self.is_world_process_zero():
-                logger.warning("Task %d restarts from its start: %s holds no intact checkpoint.", next_task + 1, next_dir)
+                logger.warning("Task %d restarts from its start: %s holds no intact checkpoint.", next_task + 1,
+                               next_dir)  # fmt: skip
             if checkpoint is None and last_dir is not None:
                 self._restore_task_start(last_dir)
         if state is None:
