@@ -697,7 +697,7 @@ class ContinualTrainer(Trainer):
             last_dir = task_dir(root, finished[-1])
             state = ContinualState.load(last_dir)
             state.check_compatible(identity, args.strategy, root)
-            problem = folder_problem(last_dir, ["model.safetensors"])
+            problem = folder_problem(last_dir, ["model.safetensors"] + (["ewc.safetensors"] if args.ewc_lambda else []))
             if problem:
                 raise ValueError(f"{last_dir} is damaged ({problem}): delete it, and any later task folder, to redo "
                                  "that task with --resume_from_checkpoint true, or start over with "
