@@ -9,8 +9,6 @@ from dataclasses import dataclass, field
 import datasets
 import pyarrow.compute as pc
 
-from modeling_mspt.processing_mspt import load_image
-
 from . import common, imner, imre, synthetic
 from .common import BenchmarkFormatError, fingerprint, parse_split_name, source_hash
 
@@ -205,8 +203,10 @@ def _missing_images(builder, splits: datasets.DatasetDict) -> tuple[set[str], di
         kind, _ = parse_split_name(split)
         for image_id in pc.filter(dataset.data.column("image_id"), dataset.data.column("image").is_null()).to_pylist():
             nulls.add(builder.image_path(kind, image_id))
-    if not getattr(builder, "image_root", None):  # no image folder (downloaded text): every image is missing
+    present = sorted(p for p in nulls if os.path.isfile(p)) if getattr(builder, "image_root", None) else []
+    if not present:  # (without an image folder, downloaded text, every image is missing)
         return nulls, {}
-    unreadable = {path: load_image(path).problem or "unreadable when the benchmark was built"
-                  for path in sorted(nulls) if os.path.isfile(path)}  # fmt: skip
+    from modeling_mspt.processing_mspt import load_image  # brings torch and transformers: only when needed
+
+    unreadable = {path: load_image(path).problem or "unreadable when the benchmark was built" for path in present}
     return nulls - set(unreadable), unreadable

@@ -16,8 +16,6 @@ from collections.abc import Iterable, Iterator
 import datasets
 from PIL import Image
 
-from modeling_mspt.processing_mspt import DECODE_MAX_PIXELS, load_image
-
 from .remote import RemoteFile
 
 logger = logging.getLogger(__name__)
@@ -118,6 +116,9 @@ def image_value(path: str, embed: bool, checked: dict | None = None) -> tuple[st
     """
     if not os.path.isfile(path):
         return None, None
+    # the processor's decoder, so that what passes here decodes there; imported here: it brings torch and transformers
+    from modeling_mspt.processing_mspt import DECODE_MAX_PIXELS, load_image
+
     checked = {} if checked is None else checked
     if path not in checked:
         decoded = load_image(path)

@@ -48,7 +48,8 @@ FILE_SPLITS = {"train": "train", "validation": "valid", "test": "test"}
 REMOTE_ROOT = "MNER/data/twitter2017"  # data_dir's counterpart in the paper's repository
 PATTERN = "{split}_{k}.txt"
 # The published configurations: their folder and the entity type each task introduces (reference notes §9.2).
-PUBLISHED = {"plom": ("sep-PLOM", ["PER", "LOC", "ORG", "MISC"]), "polm": ("sep-POLM-NEW", ["PER", "ORG", "LOC", "MISC"])}
+PUBLISHED = {"plom": ("sep-PLOM", ["PER", "LOC", "ORG", "MISC"]),
+             "polm": ("sep-POLM-NEW", ["PER", "ORG", "LOC", "MISC"])}
 
 
 @dataclass

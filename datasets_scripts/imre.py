@@ -18,9 +18,10 @@ i.e. the task that introduced it (the per-task test slices). See reference notes
 
 Labels are checked before anything is generated (``check_labels``), because without ``ours_rel2id.json`` a typo
 would silently become a label of its own and shift every id after it: in every split, a relation of a val/test
-file (``None`` aside) must have a training example in that task or an earlier one; under the published configurations (``sep5``,
-``sep7``, ``sep10`` in their own folders) a relation must be one of the 23 of MNRE and, when all the tasks are
-there, belong to the task the published split gives it (``SCHEDULES``). Errors name the file and line.
+file (``None`` aside) must have a training example in that task or an earlier one; under the published
+configurations (``sep5``, ``sep7``, ``sep10`` in their own folders) a relation must be one of the 23 of MNRE and,
+when all the tasks are there, belong to the task the published split gives it (``SCHEDULES``). Errors name the
+file and line.
 """
 
 import ast
@@ -43,30 +44,40 @@ REMOTE_ROOT = "MRE/data"  # data_dir's counterpart in the paper's repository
 PATTERN = "ours_{split}_{k}.txt"
 _RELATION_RE = re.compile(r"""['"]relation['"]\s*:\s*(['"])(.*?)\1""")
 
-PER, ORG, LOC, MISC = "/per/per/", "/org/org/", "/per/loc/", "/per/misc/"
 # The published task schedules, reference notes §9.1: the relations each task introduces.
 SCHEDULES = {
-    "sep5": [[f"{PER}peer", "/per/org/member_of", f"{PER}charges", f"{MISC}religion"],
-             ["/loc/loc/contain", f"{MISC}present_in", f"{PER}siblings", f"{PER}neighbor"],
-             ["/org/loc/locate_at", f"{LOC}place_of_residence", f"{MISC}awarded", f"{PER}parent"],
-             ["/misc/loc/held_on", f"{ORG}subsidiary", f"{MISC}nationality", "/misc/misc/part_of"],
-             [f"{PER}alternate_names", f"{PER}couple", f"{ORG}alternate_names", f"{LOC}place_of_birth"]],
-    "sep7": [[f"{PER}peer", "/per/org/member_of", f"{MISC}religion"],
-             ["/loc/loc/contain", f"{PER}charges", f"{PER}siblings"],
-             [f"{MISC}present_in", "/org/loc/locate_at", f"{PER}neighbor"],
-             [f"{LOC}place_of_residence", f"{MISC}awarded", f"{PER}parent"],
-             ["/misc/loc/held_on", f"{ORG}subsidiary", f"{MISC}nationality"],
-             [f"{PER}alternate_names", "/misc/misc/part_of", f"{LOC}place_of_birth"],
-             [f"{PER}couple", f"{ORG}alternate_names"]],
-    "sep10": [[f"{PER}peer", f"{MISC}religion"], ["/per/org/member_of", f"{PER}charges"],
-              ["/loc/loc/contain", f"{PER}siblings"], [f"{MISC}present_in", f"{PER}neighbor"],
-              ["/org/loc/locate_at", f"{MISC}awarded"], [f"{LOC}place_of_residence", f"{PER}parent"],
-              ["/misc/loc/held_on", f"{MISC}nationality"], [f"{ORG}subsidiary", "/misc/misc/part_of"],
-              [f"{PER}alternate_names", f"{LOC}place_of_birth"], [f"{PER}couple", f"{ORG}alternate_names"]],
-}  # fmt: skip
-# The 23 labels of MNRE (ours_rel2id.json): the 20 of the schedules, two that are in no task, and None.
-MNRE_RELATIONS = frozenset([NO_RELATION, f"{PER}alumi", f"{MISC}race", *SCHEDULES["sep5"][0], *SCHEDULES["sep5"][1],
-                            *SCHEDULES["sep5"][2], *SCHEDULES["sep5"][3], *SCHEDULES["sep5"][4]])  # fmt: skip
+    "sep5": [
+        ["/per/per/peer", "/per/org/member_of", "/per/per/charges", "/per/misc/religion"],
+        ["/loc/loc/contain", "/per/misc/present_in", "/per/per/siblings", "/per/per/neighbor"],
+        ["/org/loc/locate_at", "/per/loc/place_of_residence", "/per/misc/awarded", "/per/per/parent"],
+        ["/misc/loc/held_on", "/org/org/subsidiary", "/per/misc/nationality", "/misc/misc/part_of"],
+        ["/per/per/alternate_names", "/per/per/couple", "/org/org/alternate_names", "/per/loc/place_of_birth"],
+    ],
+    "sep7": [
+        ["/per/per/peer", "/per/org/member_of", "/per/misc/religion"],
+        ["/loc/loc/contain", "/per/per/charges", "/per/per/siblings"],
+        ["/per/misc/present_in", "/org/loc/locate_at", "/per/per/neighbor"],
+        ["/per/loc/place_of_residence", "/per/misc/awarded", "/per/per/parent"],
+        ["/misc/loc/held_on", "/org/org/subsidiary", "/per/misc/nationality"],
+        ["/per/per/alternate_names", "/misc/misc/part_of", "/per/loc/place_of_birth"],
+        ["/per/per/couple", "/org/org/alternate_names"],
+    ],
+    "sep10": [
+        ["/per/per/peer", "/per/misc/religion"],
+        ["/per/org/member_of", "/per/per/charges"],
+        ["/loc/loc/contain", "/per/per/siblings"],
+        ["/per/misc/present_in", "/per/per/neighbor"],
+        ["/org/loc/locate_at", "/per/misc/awarded"],
+        ["/per/loc/place_of_residence", "/per/per/parent"],
+        ["/misc/loc/held_on", "/per/misc/nationality"],
+        ["/org/org/subsidiary", "/misc/misc/part_of"],
+        ["/per/per/alternate_names", "/per/loc/place_of_birth"],
+        ["/per/per/couple", "/org/org/alternate_names"],
+    ],
+}
+# The 23 labels of MNRE (its ours_rel2id.json): the 20 of the schedules, two that are in no task, and None.
+MNRE_RELATIONS = frozenset([NO_RELATION, "/per/per/alumi", "/per/misc/race",
+                            *(relation for task in SCHEDULES["sep5"] for relation in task)])
 
 
 @dataclass
