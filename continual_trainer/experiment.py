@@ -48,6 +48,9 @@ class DataArguments:
     synthetic_num_tasks: int = field(default=4, metadata={"help": "synthetic: tasks."})
     synthetic_train_per_task: int = field(default=300, metadata={"help": "synthetic: training examples per task."})
     synthetic_test_per_task: int = field(default=100, metadata={"help": "synthetic: test examples per task."})
+    synthetic_reversed_rate: float = field(
+        default=0.2, metadata={"help": "synthetic re: fraction of examples with head and tail swapped (label None)."}
+    )
 
 
 def load_data(data: DataArguments, task_type: str, seed: int):
@@ -55,7 +58,7 @@ def load_data(data: DataArguments, task_type: str, seed: int):
     if data.benchmark == "synthetic":
         kwargs = dict(num_tasks=data.synthetic_num_tasks, train_per_task=data.synthetic_train_per_task,
                       test_per_task=data.synthetic_test_per_task, validation_per_task=max(8, data.synthetic_test_per_task // 4),
-                      seed=seed)  # fmt: skip
+                      reversed_rate=data.synthetic_reversed_rate, seed=seed)  # fmt: skip
     benchmark = load_benchmark(data.benchmark, data.benchmark_config, data_dir=data.data_dir,
                                cache_dir=data.dataset_cache_dir, require_images=data.require_images, **kwargs)  # fmt: skip
     if benchmark.task_type != task_type:
