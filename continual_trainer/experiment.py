@@ -100,41 +100,54 @@ def build_model(args: ModelArguments, benchmark, max_text_length: int):
 
 
 def finish_run(trainer, result, benchmark, model_args, data_args, push_to_hub=False):
-    """Final model and processor at the output_dir root, results.json, plots, model card (under the output_dir's
-    lock), then the optional Hub push (outside it: the lock file is not uploaded)."""
+    """Final model and processor at the output_dir root, results.json, plots, model card (`write_outputs`, under the
+    output_dir's lock), then the optional Hub push (outside it: the lock file is not uploaded). The other processes
+    wait for the main process at the end of each part, and it reaches them even when its part raised (the error is
+    raised after the barrier): a failure there never leaves them waiting forever."""
+    with trainer.output_dir_lock():
+        try:
+            if trainer.is_world_process_zero():
+                write_outputs(trainer, result, benchmark, model_args, data_args)
+        finally:
+            trainer.accelerator.wait_for_everyone()
+    if push_to_hub:
+        push_outputs(trainer)
+
+
+def write_outputs(trainer, result, benchmark, model_args, data_args):
+    """The main process's part of `finish_run`: what a finished run leaves at the output_dir root."""
     from .reporting import plot_accuracy_matrix, plot_modality_balance, write_model_card, write_results
     from .trainer import disk_full_is_named
 
     args = trainer.args
     out = args.output_dir
-    with trainer.output_dir_lock():
-        if trainer.is_world_process_zero():
-            with disk_full_is_named(out, lambda: "Every task is saved in its task-XX folder: --resume_from_checkpoint "
-                                    "true writes these outputs again once there is space."):  # fmt: skip
-                trainer.model.save_pretrained(out)
-                trainer.processing_class.save_pretrained(out)
-                arguments = {"model": vars(model_args), "data": vars(data_args), "training": args.to_dict(),
-                             "world_size": trainer.accelerator.num_processes}  # fmt: skip
-                results = write_results(out, result, arguments, benchmark, args.seed)
-                plot_accuracy_matrix(result.matrix, os.path.join(out, "accuracy_matrix.png"),
-                                     title=f"{benchmark.name}/{benchmark.config_name}, {args.strategy}")  # fmt: skip
-                plot_modality_balance(result.modulation, os.path.join(out, "modality_balance.png"))
-                bases = [m for m in (model_args.text_model, model_args.vision_model) if m]
-                write_model_card(out, results, model_name=os.path.basename(os.path.abspath(out)),
-                                 task_type=benchmark.task_type, base_models=bases or None)  # fmt: skip
-        trainer.accelerator.wait_for_everyone()
-    if push_to_hub:
-        push_outputs(trainer)
+    with disk_full_is_named(out, lambda: "Every task is saved in its task-XX folder: --resume_from_checkpoint "
+                            "true writes these outputs again once there is space."):  # fmt: skip
+        trainer.model.save_pretrained(out)
+        trainer.processing_class.save_pretrained(out)
+        arguments = {"model": vars(model_args), "data": vars(data_args), "training": args.to_dict(),
+                     "world_size": trainer.accelerator.num_processes}  # fmt: skip
+        results = write_results(out, result, arguments, benchmark, args.seed)
+        plot_accuracy_matrix(result.matrix, os.path.join(out, "accuracy_matrix.png"),
+                             title=f"{benchmark.name}/{benchmark.config_name}, {args.strategy}")  # fmt: skip
+        plot_modality_balance(result.modulation, os.path.join(out, "modality_balance.png"))
+        bases = [m for m in (model_args.text_model, model_args.vision_model) if m]
+        write_model_card(out, results, model_name=os.path.basename(os.path.abspath(out)),
+                         task_type=benchmark.task_type, base_models=bases or None)  # fmt: skip
 
 
 def push_outputs(trainer):
-    """Upload the output_dir to `hub_model_id` (main process), once every output is written."""
+    """Upload the output_dir to `hub_model_id` (main process), once every output is written. The other processes
+    wait at the barrier; the main process reaches it whether or not the push succeeded, then raises its error
+    (`HubPushError`: the run on disk is intact, and how to push it again)."""
     from .reporting import push_run_to_hub
 
     args = trainer.args
-    if trainer.is_world_process_zero():
-        push_run_to_hub(args.output_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo)
-    trainer.accelerator.wait_for_everyone()
+    try:
+        if trainer.is_world_process_zero():
+            push_run_to_hub(args.output_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo)
+    finally:
+        trainer.accelerator.wait_for_everyone()
 
 
 # Training defaults of the offline demo (tiny model from scratch on the synthetic benchmark, ~1.5 min on 2 CPUs).

@@ -1,6 +1,7 @@
 """Hostile inputs to the model side (issue 16): checkpoints loaded into the wrong head, config typos and nonsense
 sizes, degenerate batches (no labels, no rows, NaN pixels behind a zero mask), and a Hub that never answers."""
 
+import contextlib
 import hashlib
 import json
 import os
@@ -390,3 +391,48 @@ def test_push_retries_a_server_error_but_not_a_refusal(tmp_path, tiny_processor,
             push_run_to_hub(str(run), "tester/forbidden", token="hf_test", endpoint=hub.endpoint, retry_wait=0.1)
         assert hub.requests.count(create) == 3
         assert "1 attempt" in str(error.value) and "push_run_to_hub(" in str(error.value)
+
+
+class _Processes:
+    """The main process of a multi-process run, as `finish_run` and `push_outputs` see it: what it did, in order."""
+
+    def __init__(self):
+        self.done = []
+        self.accelerator = self
+        self.args = type("Args", (), dict(output_dir="run", hub_model_id="tester/run", hub_token=None,
+                                          hub_private_repo=None))()  # fmt: skip
+
+    def is_world_process_zero(self):
+        return True
+
+    def wait_for_everyone(self):
+        self.done.append("barrier")
+
+    def output_dir_lock(self):
+        return contextlib.nullcontext()
+
+
+def test_a_failing_push_or_output_write_still_meets_the_other_processes(monkeypatch):
+    # before: the main process raised before the barrier, and the other processes waited for it there
+    from continual_trainer import experiment, reporting
+
+    main = _Processes()
+
+    def refused(*args, **kwargs):
+        main.done.append("push")
+        raise reporting.HubPushError("403 Forbidden: the run on disk is intact")
+
+    monkeypatch.setattr(reporting, "push_run_to_hub", refused)
+    with pytest.raises(reporting.HubPushError, match="403 Forbidden"):
+        experiment.push_outputs(main)
+    assert main.done == ["push", "barrier"]
+
+    def disk_full(*args):
+        main.done.append("write")
+        raise OSError(28, "No space left on device")
+
+    main.done.clear()
+    monkeypatch.setattr(experiment, "write_outputs", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        experiment.finish_run(main, None, None, None, None, push_to_hub=True)
+    assert main.done == ["write", "barrier"]  # and no push of a run whose outputs were not written
