@@ -20,6 +20,8 @@ test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
 
 # The main job on the embedded default: MSPT trained continually on the synthetic benchmark with a tiny model (CPU).
+# Each `make demo` starts afresh: it replaces the previous demo run in outputs/imre/ (only the task folders a run wrote
+# there are deleted; without --overwrite_output_dir a second run is refused).
 demo: $(STAMP)
 	OMP_NUM_THREADS=1 $(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no \
-		--dynamo_backend no examples/run_imre.py
+		--dynamo_backend no examples/run_imre.py --overwrite_output_dir true
