@@ -2,6 +2,7 @@
 
 import logging
 
+import datasets
 import torch
 from PIL import Image
 
@@ -21,13 +22,28 @@ class MSPTDataCollator:
     An image is a PIL image (rows decoded by `datasets`), a path or a `{"bytes", "path"}` dict (rows read with
     `datasets.Image(decode=False)`: decoded here), or `None`. One that cannot be read never stops the run: it is fed
     as a zero image with `image_mask=0`, recorded in `unreadable_images` (reference -> reason) and warned about once
-    per file, with the running count."""
+    per file, with the running count. `undecoded(dataset)` gives a dataset whose rows reach it that way."""
 
     def __init__(self, processor, task_type: str, with_task_ids: bool = False):
         if task_type not in ("re", "ner"):
             raise ValueError(f"`task_type` must be 're' or 'ner', got {task_type!r}.")
         self.processor, self.task_type, self.with_task_ids = processor, task_type, with_task_ids
         self.unreadable_images: dict[str, str] = {}
+
+    def undecoded(self, dataset: datasets.Dataset) -> datasets.Dataset:
+        """`dataset` with its images left undecoded (`datasets.Image(decode=False)`), for a DataLoader feeding this
+        collator: images are then decoded here, so a file that broke after the benchmark was built (overwritten,
+        deleted) is a zero image, not an exception in the DataLoader's fetch that stops the run. Object crops
+        (`aux_images`) likewise when the processor takes them; otherwise the column is dropped (never decoded)."""
+        features = dataset.features
+        if isinstance(features.get("image"), datasets.Image) and features["image"].decode:
+            dataset = dataset.cast_column("image", datasets.Image(decode=False))
+        crops = features.get("aux_images")
+        if crops is not None and not getattr(self.processor, "num_aux_images", 0):
+            dataset = dataset.remove_columns("aux_images")
+        elif isinstance(getattr(crops, "feature", None), datasets.Image) and crops.feature.decode:
+            dataset = dataset.cast_column("aux_images", datasets.List(datasets.Image(decode=False)))
+        return dataset
 
     def __call__(self, rows: list[dict]) -> dict:
         words = [row["tokens"] for row in rows]

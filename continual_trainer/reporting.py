@@ -47,7 +47,8 @@ def write_results(output_dir: str, result, arguments: dict, benchmark, seed: int
     Keys: `accuracy_matrix` (row i = after task i, i+1 values), `cumulative`, `summary`, `metric_definitions`,
     `task_metrics` (from the `ContinualResult`), `arguments` (tokens redacted), `versions` (python and the
     packages, None when absent), `data` (benchmark, config, task type, labels, per-task sizes, `checksum` = the
-    benchmark fingerprint) and `seed`. The JSON is strict: NaN and infinities are written as null.
+    benchmark fingerprint) and `seed`; and `unreadable_images` (reference -> why) when the run met images it could
+    not read (fed as zero images). The JSON is strict: NaN and infinities are written as null.
 
     Args:
         result: the `ContinualResult` of `ContinualTrainer.train_tasks`.
@@ -65,6 +66,8 @@ def write_results(output_dir: str, result, arguments: dict, benchmark, seed: int
         "data": _describe_data(benchmark),
         "seed": seed,
     }
+    if getattr(result, "unreadable_images", None):
+        results["unreadable_images"] = dict(result.unreadable_images)
     results = _jsonable(results)
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, RESULTS_NAME)

@@ -85,6 +85,7 @@ class ContinualState:
     task_metrics: list = field(default_factory=list)  # full metric dicts per task
     modulation: list = field(default_factory=list)  # per task: per-step rho_vision, k_text, k_vision, k applied
     memory: dict | None = None
+    unreadable_images: dict = field(default_factory=dict)  # images fed as zero images (reference -> why), run so far
     version: int = STATE_VERSION
 
     def save(self, directory: str) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from datasets import concatenate_datasets
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import broadcast_object_list, gather_object
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from transformers import Trainer
@@ -106,7 +106,8 @@ def disk_full_is_named(target: str, then):
 @dataclass
 class ContinualResult:
     """What `train_tasks` returns: the accuracy matrix (row i = after task i), the cumulative-test metric per task,
-    the summaries, the full per-task metrics and the modulation history. Definitions in `metric_definitions`."""
+    the summaries, the full per-task metrics and the modulation history. Definitions in `metric_definitions`.
+    `unreadable_images`: the images the run could not read (reference -> why), fed as zero images."""
 
     matrix: list
     cumulative: list
@@ -114,10 +115,12 @@ class ContinualResult:
     task_metrics: list
     modulation: list
     metric_definitions: dict = field(default_factory=lambda: dict(METRIC_DEFINITIONS))
+    unreadable_images: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"accuracy_matrix": self.matrix, "cumulative": self.cumulative, "summary": self.summary,
-                "task_metrics": self.task_metrics, "metric_definitions": self.metric_definitions}  # fmt: skip
+                "task_metrics": self.task_metrics, "metric_definitions": self.metric_definitions,
+                "unreadable_images": self.unreadable_images}  # fmt: skip
 
 
 class ContinualTrainer(Trainer):
@@ -303,7 +306,8 @@ class ContinualTrainer(Trainer):
             finally:
                 args.output_dir, args.num_train_epochs = root, self.task_epochs
         summary = continual_summary(state.matrix, state.cumulative)
-        return ContinualResult(state.matrix, state.cumulative, summary, state.task_metrics, state.modulation)
+        return ContinualResult(state.matrix, state.cumulative, summary, state.task_metrics, state.modulation,
+                               unreadable_images=dict(state.unreadable_images))  # fmt: skip
 
     def _train_task(self, task, state, checkpoint):
         """One task, from its beginning or from `checkpoint` (an intact HF checkpoint of it)."""
@@ -343,6 +347,7 @@ class ContinualTrainer(Trainer):
             self._finish_task(state, k, tasks[: k + 1], save=k == last)
 
     def _fit(self, dataset, output_dir, epochs, checkpoint):
+        dataset = self.data_collator.undecoded(dataset)  # decoded by the collator, which survives a broken image
         self.args.output_dir = output_dir
         self.args.num_train_epochs = epochs
         self.optimizer, self.lr_scheduler = None, None  # a fresh optimizer and schedule per task
@@ -474,11 +479,30 @@ class ContinualTrainer(Trainer):
         state.modulation.append(self._modulation_history())
         state.completed_tasks = k + 1
         state.memory = self.memory.state_dict()
-        logger.info("After task %d: cumulative %.4f, slices %s", k + 1, metrics["cumulative"],
-                    [round(x, 4) for x in metrics["slices"]])  # fmt: skip
+        new = self._record_unreadable_images(state)
+        logger.info("After task %d: cumulative %.4f, slices %s; %d unreadable image%s (%d in the run)%s", k + 1,
+                    metrics["cumulative"], [round(x, 4) for x in metrics["slices"]], new, "" if new == 1 else "s",
+                    len(state.unreadable_images), self._uncounted_images())  # fmt: skip
         self._snapshot_teacher()
         if save:
             self._save_task(task_dir(self.root_dir, k), state)
+
+    def _record_unreadable_images(self, state) -> int:
+        """Add the images the collators (of every process) could not read to `state.unreadable_images`; returns how
+        many were not there yet. Each was warned about once and fed as a zero image with image_mask=0."""
+        found = {**self.data_collator.unreadable_images, **self._eval_collator.unreadable_images}
+        if self.accelerator.num_processes > 1:
+            found = {ref: why for part in gather_object([found]) for ref, why in part.items()}
+        new = {ref: why for ref, why in sorted(found.items()) if ref not in state.unreadable_images}
+        state.unreadable_images.update(new)
+        return len(new)
+
+    def _uncounted_images(self) -> str:
+        workers = self.args.dataloader_num_workers
+        if not workers:
+            return ""
+        return (f", not counting the training batches collated in the {workers} DataLoader worker processes (their "
+                "warnings name those images)")  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------- helpers
     def _seen_mask(self, k) -> torch.Tensor:
@@ -540,7 +564,8 @@ class ContinualTrainer(Trainer):
         count = min(args.ewc_fisher_samples, len(dataset))
         order = np.random.default_rng([args.seed, len(dataset)]).permutation(len(dataset))[:count]
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
-        loader = DataLoader(dataset.select(order[rank::world]), batch_size=1, collate_fn=self.data_collator)
+        dataset = self.data_collator.undecoded(dataset.select(order[rank::world]))
+        loader = DataLoader(dataset, batch_size=1, collate_fn=self.data_collator)
         was_training = model.training
         model.eval()
         for batch in loader:
@@ -573,8 +598,8 @@ class ContinualTrainer(Trainer):
     def _predict(self, dataset):
         """Predictions over a dataset, gathered across processes: (predictions, labels, task ids) as numpy arrays.
         RE predictions are argmax relation ids; NER predictions are Viterbi tags (-100 off word starts)."""
-        loader = DataLoader(dataset, batch_size=self.args.per_device_eval_batch_size, shuffle=False,
-                            collate_fn=self._eval_collator)  # fmt: skip
+        loader = DataLoader(self._eval_collator.undecoded(dataset), batch_size=self.args.per_device_eval_batch_size,
+                            shuffle=False, collate_fn=self._eval_collator)  # fmt: skip
         loader = self.accelerator.prepare_data_loader(loader)
         model = self.model
         was_training = model.training

@@ -146,6 +146,38 @@ def test_an_image_broken_after_the_build_does_not_stop_the_collator(tiny_process
     assert batch["image_mask"].tolist() == [1, 0]
 
 
+def test_a_run_survives_images_that_break_after_the_build_and_reports_them(tmp_path, caplog):
+    """An image overwritten with garbage of the same size (the builder's cache key does not change) and one deleted
+    while the run goes on: the rows reach the collator undecoded (training, replay, teacher cache, EWC, evaluation),
+    so both are zero images with image_mask=0, warned about, and counted per task and in the result."""
+    from conftest import tiny_args, tiny_setup
+
+    from continual_trainer import ContinualTrainer
+    from continual_trainer.reporting import write_results
+
+    root = make_imre(tmp_path / "data", TWO_TASKS)
+    for split in ("train", "val", "test"):
+        for name in "abcd":
+            _write(root / "img_org" / split / f"{name}.jpg", _jpeg())
+    benchmark = load_benchmark("imre", "sep5", data_dir=root, cache_dir=tmp_path / "c")
+    assert benchmark.missing_images == 0
+    overwritten, deleted = root / "img_org" / "train" / "b.jpg", root / "img_org" / "test" / "c.jpg"
+    overwritten.write_bytes(b"\x00" * overwritten.stat().st_size)  # task 1's training rows (and the replay memory)
+    deleted.unlink()  # task 2's test rows
+    model, processor = tiny_setup(benchmark)
+    args = tiny_args(tmp_path / "run", "mspt", num_train_epochs=2, per_device_train_batch_size=2, ewc_lambda=0.1)
+    trainer = ContinualTrainer(model=model, args=args, processing_class=processor)
+    with caplog.at_level(logging.INFO, logger="continual_trainer"):
+        result = trainer.train_tasks(benchmark)  # before: UnidentifiedImageError in the DataLoader's fetch
+    assert len(result.matrix) == 2
+    assert result.unreadable_images.keys() == {str(overwritten), str(deleted)}
+    assert "file not found" in result.unreadable_images[str(deleted)]
+    counts = [r.getMessage() for r in caplog.records if r.getMessage().startswith("After task")]
+    assert "1 unreadable image (1 in the run)" in counts[0] and "1 unreadable image (2 in the run)" in counts[1], counts
+    results = write_results(str(tmp_path / "run"), result, {}, benchmark, 0)
+    assert sorted(results["unreadable_images"]) == sorted(map(str, (overwritten, deleted)))
+
+
 # --- case 2: images too large to decode ---------------------------------------------------------------------------
 def test_huge_images_are_decoded_downscaled_or_refused_never_raised(tiny_processor, tmp_path, monkeypatch):
     """PIL refuses an image over 2 * Image.MAX_IMAGE_PIXELS (DecompressionBombError; 14000 x 14000 with the default
