@@ -83,13 +83,16 @@ def load_benchmark(
     cache_dir: str | None = None,
     *,
     require_images: bool = False,
+    revision: str | None = None,
     **config_kwargs,
 ) -> ContinualBenchmark:
     """Build a benchmark and return its task stream.
 
     Args:
         name: ``"imre"`` (configs ``sep5``/``sep7``/``sep10``), ``"imner"`` (``plom``/``polm``) or
-            ``"synthetic"`` (``re``/``ner``; no files needed).
+            ``"synthetic"`` (``re``/``ner``; no files needed); or the folder or Hub dataset repo id (``org/name``) of
+            an export (``datasets_scripts.export``): its Parquet files are read with ``datasets.load_dataset`` and
+            give the same tasks, labels and rows as the builder did.
         config_name: the builder config; its default when omitted.
         data_dir: the benchmark's folder (see ``imre``/``imner``); not used by ``synthetic``. Without it, the text
             split files of ``imre`` ``sep5``/``sep10`` and ``imner`` ``plom`` are downloaded from the paper's
@@ -104,9 +107,21 @@ def load_benchmark(
         config_kwargs: builder config fields, e.g. ``seed=1, num_tasks=3`` for ``synthetic``,
             ``embed_images=True`` to copy image bytes into the cache, ``check_labels=False`` to skip the label checks
             of ``imre``/``imner`` (files that deliberately differ from the published split).
+        revision: an exported benchmark on the Hub: the branch, tag or commit to read.
     """
+    from . import export  # here, not at the top: `python -m datasets_scripts.export` runs that module as __main__
+
+    if name not in BUILDERS and export.is_export_location(name):
+        if data_dir is not None or config_kwargs:
+            raise ValueError(f"{name!r} is an exported benchmark (a folder or Hub repo of Parquet files): it takes no "
+                             f"data_dir or builder config fields, got {['data_dir'] if data_dir else []}"
+                             f"{sorted(config_kwargs)}")  # fmt: skip
+        return _load_export(name, config_name, cache_dir, require_images, revision)
     if name not in BUILDERS:
-        raise ValueError(f"unknown benchmark {name!r}; choose one of {sorted(BUILDERS)}")
+        raise ValueError(f"unknown benchmark {name!r}; choose one of {sorted(BUILDERS)}, or give the folder or Hub "
+                         "dataset repo of an export (python -m datasets_scripts.export)")
+    if revision is not None:
+        raise ValueError("revision= is for exported benchmarks on the Hub; the builders read local or pinned files")
     builder_cls = BUILDERS[name]
     config_name = config_name or builder_cls.DEFAULT_CONFIG_NAME
     if data_dir is not None:
@@ -133,22 +148,59 @@ def load_benchmark(
     assert sorted(by_task) == list(range(len(by_task))), f"tasks {sorted(by_task)} are not numbered 0..T-1"
 
     label_names = _label_names(builder)
-    tasks, seen = [], set()
-    for task_id in range(len(by_task)):
-        parts = by_task[task_id]
-        new = [label for label in _train_labels(parts["train"], builder.task_type, label_names) if label not in seen]
-        seen.update(new)
-        tasks.append(ContinualTask(task_id, parts["train"], parts["validation"], parts["test"], new))
-
+    tasks = _tasks(by_task, builder.task_type, label_names)
     missing, unreadable = _missing_images(builder, splits)
     paths = sorted(missing | set(unreadable))
     benchmark = ContinualBenchmark(name, config_name, builder.task_type, label_names, tasks,
                                    len(paths), key, paths, unreadable)  # fmt: skip
-    missing = sorted(missing)
+    return _check_images(benchmark, sorted(missing), unreadable, require_images, _images_hint(builder))
+
+
+def _tasks(by_task: dict[int, dict[str, datasets.Dataset]], task_type: str, label_names: list[str]) -> list[ContinualTask]:
+    """The task stream from each task's splits; a task's new labels are those of its train split not seen before."""
+    tasks, seen = [], set()
+    for task_id in range(len(by_task)):
+        parts = by_task[task_id]
+        new = [label for label in _train_labels(parts["train"], task_type, label_names) if label not in seen]
+        seen.update(new)
+        tasks.append(ContinualTask(task_id, parts["train"], parts["validation"], parts["test"], new))
+    return tasks
+
+
+def _load_export(location: str, config_name: str | None, cache_dir: str | None, require_images: bool,
+                 revision: str | None) -> ContinualBenchmark:
+    """``load_benchmark`` on an export: its ``train_k``/``validation_k``/``test_k`` and the sidecar's metadata."""
+    from . import export
+
+    splits, info, key = export.read_export(location, config_name, cache_dir=cache_dir, revision=revision)
+    by_task: dict[int, dict[str, datasets.Dataset]] = {}
+    for split, dataset in splits.items():
+        kind, task_id = parse_split_name(split)
+        by_task.setdefault(task_id, {})[kind] = dataset
+    task_type = "re" if "relation" in splits["train_0"].features else "ner"
+    feature = splits["train_0"].features["relation" if task_type == "re" else "ner_tags"]
+    label_names = list(getattr(feature, "feature", feature).names)
+    tasks = _tasks(by_task, task_type, label_names)
+    stored = (info["task_type"], info["label_names"], info["new_labels"])
+    if stored != (task_type, label_names, [task.new_labels for task in tasks]):
+        raise ValueError(f"the export {location} ({info['config_name']}) disagrees with its {export.SIDECAR}: the "
+                         "Parquet files give another task type, label space or new labels per task; export it again")
+    unreadable = {path: why for path, why in info["missing_images"].items() if why}
+    missing = sorted(path for path, why in info["missing_images"].items() if not why)
+    benchmark = ContinualBenchmark(info["name"], info["config_name"], task_type, label_names, tasks,
+                                   len(info["missing_images"]), key, sorted(info["missing_images"]), unreadable)
+    hint = f"the export {location} holds no bytes for them (they were missing when {info['name']} was exported)"
+    return _check_images(benchmark, missing, unreadable, require_images, hint)
+
+
+def _check_images(benchmark: ContinualBenchmark, missing: list[str], unreadable: dict[str, str], require_images: bool,
+                  hint: str) -> ContinualBenchmark:
+    """Raise (``require_images``) or warn once about the images left out of ``benchmark``."""
+    name, config_name = benchmark.name, benchmark.config_name
     if missing and require_images:
         raise FileNotFoundError(
             f"{len(missing)} images of {name}/{config_name} are missing (require_images=True); first: "
-            + ", ".join(missing[:5]) + f". {_images_hint(builder)}."
+            + ", ".join(missing[:5]) + f". {hint}."
             + (f" {len(unreadable)} more cannot be read." if unreadable else "")
         )
     if unreadable and require_images:
@@ -160,8 +212,7 @@ def load_benchmark(
     if missing:
         logger.warning(
             "%d images of %s/%s are missing (first: %s; %s); they are fed as zero images with image_mask=0. "
-            "Pass require_images=True to make this an error.", len(missing), name, config_name, missing[0],
-            _images_hint(builder),
+            "Pass require_images=True to make this an error.", len(missing), name, config_name, missing[0], hint,
         )
     if unreadable:
         first, why = next(iter(unreadable.items()))

@@ -8,6 +8,13 @@ It answers what `HfApi.create_repo` + `HfApi.upload_folder` send with `HF_HUB_DI
     POST /api/{type}s/{repo_id}/preupload/{rev}    every file "regular", so no LFS or Xet upload follows
     POST /api/{type}s/{repo_id}/commit/{rev}       ndjson: header, then files base64-inline (`file`), deletions
 
+and what `datasets.load_dataset(<repo id>)` and `hf_hub_download` read back from a repo (any revision is the head):
+
+    GET  /api/{type}s/{repo_id}[/revision/{rev}]   repo info: `sha` (a hash of the files) and `siblings`
+    GET  /api/{type}s/{repo_id}/tree/{rev}[/{dir}] listing, `?recursive=true` for all levels
+    POST /api/{type}s/{repo_id}/paths-info/{rev}   the entries of the given paths
+    GET  [/{type}s]/{repo_id}/resolve/{rev}/{path} the file's bytes, with `X-Repo-Commit` and `ETag` (HEAD: headers)
+
 Everything else gets a 404 and is recorded in `requests`, so a test sees any request it did not expect. The files
 that arrive are kept in memory: `server.files(repo_id)` maps path -> bytes. `fail_next` injects errors.
 
@@ -28,6 +35,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
 _REPO_ROUTE = re.compile(r"^/api/(model|dataset|space)s/(.+)/(preupload|commit)/([^/]+)$")
+_INFO_ROUTE = re.compile(r"^/api/(model|dataset|space)s/([^/]+/[^/]+)(?:/revision/([^/]+))?$")
+_TREE_ROUTE = re.compile(r"^/api/(model|dataset|space)s/([^/]+/[^/]+)/(tree|paths-info)/([^/]+)(?:/(.*))?$")
+_RESOLVE_ROUTE = re.compile(r"^/(?:(dataset|space)s/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
+
+
+class RawResponse:
+    """A route's answer that is not JSON: the bytes of a file and its headers."""
+
+    def __init__(self, data: bytes, headers: dict[str, str]):
+        self.data, self.headers = data, headers
 EMPTY_AGENT_REGISTRY = {"standardEnvVars": [], "harnesses": {}}
 
 
@@ -129,7 +146,7 @@ class HubServer:
         url = f"{self.endpoint}/{'' if repo_type == 'model' else repo_type + 's/'}{repo_id}"
         return 200, {"commitUrl": f"{url}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None}
 
-    def handle(self, method: str, path: str, raw: bytes) -> tuple[int, dict]:
+    def handle(self, method: str, path: str, raw: bytes, query: str = "") -> tuple[int, dict]:
         with self._lock:
             self.requests.append((method, path))
             for failure in self.fail_next:
@@ -148,7 +165,76 @@ class HubServer:
             if op == "preupload":
                 return self._preupload(repo_id, json.loads(raw))
             return self._commit(repo_type, repo_id, revision, raw)
+        answer = self._read_route(method, path, raw, "recursive=true" in query.lower())
+        if answer is not None:
+            return answer
         return 404, {"error": f"not implemented by the test Hub: {method} {path}"}
+
+
+    # ------------------------------------------------------------------------------------------- read routes
+    def _snapshot(self, repo_type: str, repo_id: str) -> tuple[str, dict[str, bytes]] | None:
+        """``(sha, files)`` of a repo, or None when it does not exist; the sha hashes paths and contents."""
+        with self._lock:
+            if (repo_type, repo_id) not in self.repos:
+                return None
+            files = dict(self.repos[(repo_type, repo_id)])
+        h = hashlib.sha1()
+        for name in sorted(files):
+            h.update(name.encode() + b"\0" + hashlib.sha1(files[name]).digest())
+        return h.hexdigest(), files
+
+    @staticmethod
+    def _entries(files: dict[str, bytes], paths: list[str], recursive: bool) -> list[dict]:
+        """Tree entries (files and directories) at or under each of ``paths`` ("" is the root)."""
+        out = {}
+        for path in paths:
+            prefix = path.strip("/") + "/" if path.strip("/") else ""
+            for name, data in files.items():
+                if name == path.strip("/"):
+                    out[name] = {"type": "file", "path": name, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+                elif name.startswith(prefix):
+                    parts = name[len(prefix):].split("/")
+                    for depth in range(1, len(parts) if recursive else min(2, len(parts))):
+                        folder = prefix + "/".join(parts[:depth])
+                        out[folder] = {"type": "directory", "path": folder, "oid": "0" * 40, "size": 0}
+                    if recursive or len(parts) == 1:
+                        out[name] = {"type": "file", "path": name, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+        return [out[key] for key in sorted(out)]
+
+    def _read_route(self, method: str, path: str, raw: bytes, recursive: bool):
+        """Repo info, tree, paths-info and resolve (module docstring); None when the path is none of them."""
+        not_found = 404, {"error": f"Repository or entry not found: {path}"}
+        if match := _RESOLVE_ROUTE.match(path):
+            repo_type, repo_id, _, file_path = match.groups()
+            snapshot = self._snapshot(repo_type or "model", repo_id)
+            if snapshot is None or file_path not in snapshot[1]:
+                return not_found
+            sha, files = snapshot
+            data = files[file_path]
+            return 200, RawResponse(data, {"Content-Type": "application/octet-stream", "X-Repo-Commit": sha,
+                                           "ETag": f'"{hashlib.sha1(data).hexdigest()}"'})
+        if (match := _TREE_ROUTE.match(path)) and method in ("GET", "POST"):
+            repo_type, repo_id, op, _, sub = match.groups()
+            snapshot = self._snapshot(repo_type, repo_id)
+            if snapshot is None:
+                return not_found
+            if op == "paths-info":  # form or JSON body: paths=...&expand=...
+                body = raw.decode()
+                paths = json.loads(body)["paths"] if body.startswith("{") else [
+                    unquote(v) for k, v in (p.split("=", 1) for p in body.split("&") if "=" in p) if k == "paths"]
+                return 200, [e for e in self._entries(snapshot[1], paths, False) if e["path"] in paths]
+            entries = self._entries(snapshot[1], [sub or ""], recursive)
+            if sub and not entries:
+                return not_found
+            return 200, entries
+        if (match := _INFO_ROUTE.match(path)) and method == "GET":
+            repo_type, repo_id, _ = match.groups()
+            snapshot = self._snapshot(repo_type, repo_id)
+            if snapshot is None:
+                return not_found
+            sha, files = snapshot
+            return 200, {"id": repo_id, "sha": sha, "private": False, "siblings": [{"rfilename": f} for f in sorted(files)]}
+        return None
 
 
 def _handler(hub: HubServer):
@@ -161,10 +247,12 @@ def _handler(hub: HubServer):
         def _serve(self):
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             path = unquote(urlsplit(self.path).path)
-            code, payload = hub.handle(self.command, path, raw)
-            data = json.dumps(payload).encode()
+            code, payload = hub.handle(self.command, path, raw, query=urlsplit(self.path).query)
+            headers = payload.headers if isinstance(payload, RawResponse) else {"Content-Type": "application/json"}
+            data = payload.data if isinstance(payload, RawResponse) else json.dumps(payload).encode()
             self.send_response(code)
-            self.send_header("Content-Type", "application/json")
+            for name, value in headers.items():
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(data)))
             if code == 404:
                 self.send_header("X-Error-Code", "EntryNotFound")
