@@ -78,10 +78,13 @@ def _accuracy(model: nn.Module, bow: torch.Tensor, pixels: torch.Tensor, y: torc
 
 
 def probe_modalities(
-    benchmark: ContinualBenchmark, *, epochs: int = 20, batch_size: int = 64, lr: float = 3e-3,
+    benchmark: ContinualBenchmark, *, epochs: int = 40, batch_size: int = 64, lr: float = 3e-3,
     image_size: int = 32, seed: int = 0,
 ) -> dict[str, float]:
-    """Test accuracy of a text-only, an image-only and a text+image probe: ``{"text", "image", "both"}``."""
+    """Test accuracy of a text-only, an image-only and a text+image probe: ``{"text", "image", "both"}``.
+
+    40 epochs: with 20 the text+image probe was still under-trained on some seeds (0.89 on the default RE
+    benchmark, seed 1, against 0.97-1.0 after 40), which understated what both modalities reach."""
     train = datasets.concatenate_datasets([task.train for task in benchmark.tasks])
     test = benchmark.tasks[-1].test
     words = sorted({t.lower() for tokens in train["tokens"][:] for t in tokens})

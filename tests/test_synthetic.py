@@ -114,17 +114,19 @@ def test_every_text_cue_and_every_shape_leaves_the_label_open(labels_per_task):
 
 @pytest.mark.parametrize("flavour", ["re", "ner"])
 def test_text_alone_and_image_alone_stay_well_below_both(cache, flavour):
-    """Ceilings with the defaults: text 1/2 (NER) and 0.2 + 0.8/2 = 0.6 (RE, the reversed pairs are
-    None from the text alone), image about 3/8, both 1 (see synthetic.py). Measured on the final
-    cumulative test set (400 examples) with a bag-of-words MLP, a small CNN and both under one linear
-    head, seeds 0-1: RE text 0.58-0.61, image 0.38-0.40, both 0.975-0.98; NER text 0.50-0.52, image
-    0.36, both 0.965-0.978. The margins leave room for probe noise (a 0.05 band is ~2 standard errors
-    at n=400) and still fail if one modality were enough."""
+    """Ceilings with the defaults: text 1/2 (NER) and 0.2 + 0.8/2 = 0.6 (RE, the reversed pairs are None from the
+    text alone), image about 3/8, both 1 (see synthetic.py). On this finite test set (the final cumulative one, 400
+    examples) the majority relation per verb and direction gets 0.65, the RE text ceiling. Measured with the probes
+    (bag-of-words MLP, small CNN, both under one linear head; 40 epochs), training seeds 0-4 with 1 thread, seeds
+    0-1 also with 2 threads and torch.use_deterministic_algorithms (identical numbers): RE text 0.605-0.650, image
+    0.358-0.428, both 0.968-0.998, both - best single 0.32-0.39; NER text 0.500-0.543, image 0.278-0.370, both
+    0.980-0.998, both - best single >= 0.44. The bars sit below / above the worst case and still fail if one
+    modality were enough (it would reach ~1, leaving no gap)."""
     b = load_benchmark("synthetic", flavour, cache_dir=cache)
     acc = probe_modalities(b)
-    assert acc["text"] < (0.65 if flavour == "re" else 0.6) and acc["image"] < 0.5, acc
-    assert acc["both"] > 0.85, acc
-    assert acc["both"] - max(acc["text"], acc["image"]) > 0.3, acc
+    assert acc["text"] < (0.7 if flavour == "re" else 0.6) and acc["image"] < 0.5, acc
+    assert acc["both"] > 0.9, acc
+    assert acc["both"] - max(acc["text"], acc["image"]) > 0.25, acc
 
 
 def test_missing_images_on_request_and_config_checks(tmp_path):
