@@ -35,7 +35,9 @@ class MSPTDataCollator:
         collator: images are then decoded here, so a file that broke after the benchmark was built (overwritten,
         deleted) is a zero image, not an exception in the DataLoader's fetch that stops the run. Object crops
         (`aux_images`) likewise when the processor takes them; otherwise the column is dropped (never decoded)."""
-        features = dataset.features
+        features = getattr(dataset, "features", None)
+        if features is None:  # not a `datasets.Dataset`: its rows are what they are
+            return dataset
         if isinstance(features.get("image"), datasets.Image) and features["image"].decode:
             dataset = dataset.cast_column("image", datasets.Image(decode=False))
         crops = features.get("aux_images")

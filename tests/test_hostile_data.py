@@ -14,7 +14,7 @@ import datasets
 import pytest
 import torch
 from conftest import FIXTURES
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from continual_trainer.collator import MSPTDataCollator
 from datasets_scripts import BenchmarkFormatError, load_benchmark
@@ -349,3 +349,27 @@ def test_collator_passes_object_crops_to_a_processor_that_takes_them(tiny_tokeni
     batch = MSPTDataCollator(processor, "ner")(rows)
     assert batch["aux_mask"].tolist() == [[1, 0], [0, 0]]
     assert batch["aux_pixel_values"][0, 0].abs().sum() > 0
+
+
+def test_undecoded_rows_keep_the_crops_a_processor_takes_and_a_broken_crop_stops_nothing(tiny_tokenizer,
+                                                                                       tiny_image_processor, tmp_path):
+    from modeling_mspt import MSPTProcessor
+
+    root = make_imre(tmp_path / "data", TWO_TASKS)
+    _write(root / "img_org" / "train" / "a.jpg", _jpeg())
+    (root / "txt" / "ours_train.txt").write_text(f"{PEER}\n{NONE}\n{HOME}\n{NONE2}\n", encoding="utf-8")
+    crop = Path(_write(root / "img_vg" / "train" / "crops" / "0_pred_yolo_crop_0.png", _png((5, 7))))
+    train = load_benchmark("imre", "sep5", data_dir=root, cache_dir=tmp_path / "c").tasks[0].train
+    crop.write_bytes(b"\x00" * crop.stat().st_size)  # broken after the build
+    with pytest.raises(UnidentifiedImageError):  # what a DataLoader fetch of decoded rows met
+        train[0]
+    takes_crops = MSPTProcessor(tiny_image_processor, tiny_tokenizer, max_length=16, num_aux_images=1,
+                                aux_image_size=16)  # fmt: skip
+    collator = MSPTDataCollator(takes_crops, "re")
+    rows = collator.undecoded(train)
+    assert rows.features["aux_images"].feature.decode is False and rows.features["image"].decode is False
+    batch = collator(list(rows))
+    assert batch["aux_mask"].tolist() == [[0], [0]] and batch["image_mask"].tolist() == [1, 0]
+    assert list(collator.unreadable_images) == [str(crop)]
+    plain = MSPTDataCollator(MSPTProcessor(tiny_image_processor, tiny_tokenizer, max_length=16), "re")
+    assert "aux_images" not in plain.undecoded(train).column_names  # never decoded when nothing takes them
