@@ -117,7 +117,7 @@ def finish_run(trainer, result, benchmark, model_args, data_args, push_to_hub=Fa
 def write_outputs(trainer, result, benchmark, model_args, data_args):
     """The main process's part of `finish_run`: what a finished run leaves at the output_dir root."""
     from .reporting import plot_accuracy_matrix, plot_modality_balance, write_model_card, write_results
-    from .trainer import disk_full_is_named
+    from .checkpointing import disk_full_is_named
 
     args = trainer.args
     out = args.output_dir

@@ -1,36 +1,20 @@
-"""What a continual run carries from task to task and how it sits on disk: `continual_run.json` (what the run trains
-on, with the arguments that change its results), per finished task `task-XX/continual_state.json` (written last,
-atomically: its presence marks the task finished), the files a save must leave complete, the random state at a task's
-end, and the lock that keeps a second run out of the output_dir.
+"""What a continual run carries from task to task and where it sits: `continual_run.json` (what the run trains on,
+with the arguments that change its results), per finished task `task-XX/continual_state.json` (written last,
+atomically: its presence marks the task finished), and the `task-XX` folders. How saves are made complete, verified,
+resumed from and locked is `checkpointing`.
 """
 
 import json
 import logging
 import os
-import random
 import re
-import socket
-import time
-import zipfile
 from dataclasses import asdict, dataclass, field
-
-import numpy as np
-import torch
-from safetensors import safe_open
-
-try:
-    import fcntl
-except ImportError:  # Windows: the lock falls back to the pid in the lock file
-    fcntl = None
 
 logger = logging.getLogger(__name__)
 
 STATE_NAME = "continual_state.json"
 RUN_NAME = "continual_run.json"  # written at the start of a run: what it trains on, checked by a resume
 TASK_MARKER = "continual_task.json"  # in every task-XX folder this package creates: only those are ever deleted
-MANIFEST_NAME = "saved_files.json"  # written once a save is complete: every file with its size
-RNG_NAME = "rng_state_{rank}.json"  # each process's random state at the end of a task
-LOCK_NAME = "continual_run.lock"
 TASK_DIR_PATTERN = re.compile(r"task-(\d+)")
 STATE_VERSION = 1
 # Training arguments that change no result: where and how often to log and save, progress bars, Hub, data workers.
@@ -201,205 +185,3 @@ def check_settings(saved: dict | None, given: dict, root: str) -> None:
             f"{'; '.join(differences)}. Resume with the same arguments as at the start (recorded in {RUN_NAME}), or "
             "start a new run: in another output_dir, or over this one with --overwrite_output_dir true."
         )
-
-
-# -------------------------------------------------------------------------------- complete saves, random states
-def _fsync(path: str) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def write_manifest(folder: str, recursive: bool = True) -> None:
-    """Sync every file of `folder` to disk and record it with its size in `saved_files.json`, written last: a folder
-    with its manifest was saved completely, and a file that later lost bytes is caught by its size."""
-    files = {}
-    for dirpath, dirnames, names in os.walk(folder):
-        if not recursive:
-            dirnames.clear()
-        for name in names:
-            path = os.path.join(dirpath, name)
-            if name != MANIFEST_NAME and not name.endswith(".tmp"):
-                _fsync(path)
-                files[os.path.relpath(path, folder).replace(os.sep, "/")] = os.path.getsize(path)
-    write_json_atomic(os.path.join(folder, MANIFEST_NAME), {"files": files})
-
-
-def _unreadable(path: str) -> str | None:
-    """Why a file cannot be what its name says (parsed, never unpickled), or None."""
-    name = os.path.basename(path)
-    try:
-        if name.endswith(".safetensors"):
-            with safe_open(path, framework="pt"):
-                pass
-        elif name.endswith(".json"):
-            with open(path, encoding="utf-8") as f:
-                json.load(f)
-        elif name.endswith((".pt", ".pth", ".bin")):  # torch.save's zip archive: its directory is at the very end
-            with zipfile.ZipFile(path):
-                pass
-    except Exception as err:  # noqa: BLE001 - every parse error means the same: not usable
-        return f"{name} is unreadable ({type(err).__name__}: {err})"
-    return None
-
-
-def folder_problem(folder: str, required=()) -> str | None:
-    """What keeps a saved folder from being resumed from, or None. A file listed in its manifest is missing or has
-    another size; a required file (a name, or a tuple of alternatives) is absent; a required or listed safetensors,
-    JSON or torch file does not parse (parsed only: nothing is unpickled)."""
-    listed = {}
-    manifest = os.path.join(folder, MANIFEST_NAME)
-    if os.path.exists(manifest):  # folders saved before manifests existed are checked by their required files
-        try:
-            with open(manifest, encoding="utf-8") as f:
-                listed = dict(json.load(f)["files"])
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            return f"{MANIFEST_NAME} is unreadable ({err})"
-    for name, size in listed.items():
-        path = os.path.join(folder, name)
-        if not os.path.isfile(path):
-            return f"{name} is missing"
-        if os.path.getsize(path) != size:
-            return f"{name} has {os.path.getsize(path)} bytes, {size} were saved (cut short or overwritten)"
-    present = set(listed)
-    for need in required:
-        options = (need,) if isinstance(need, str) else need
-        found = [o for o in options if os.path.isfile(os.path.join(folder, o))]
-        if not found:
-            return f"{' or '.join(options)} is missing"
-        present.add(found[0])
-    for name in sorted(present):
-        problem = _unreadable(os.path.join(folder, name))
-        if problem:
-            return problem
-    return None
-
-
-def save_rng_state(path: str) -> None:
-    """This process's Python, NumPy, torch (and CUDA) random states as JSON: a task restarted from its beginning
-    draws what the uninterrupted run drew."""
-    version, python, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": [version, list(python), gauss], "numpy": [name, keys.tolist(), pos, has_gauss, cached],
-             "torch": torch.get_rng_state().tolist()}  # fmt: skip
-    if torch.cuda.is_available():
-        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
-    write_json_atomic(path, state)
-
-
-def load_rng_state(path: str) -> None:
-    with open(path, encoding="utf-8") as f:
-        state = json.load(f)
-    version, python, gauss = state["python"]
-    random.setstate((version, tuple(python), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
-
-
-# --------------------------------------------------------------------------------------------------- the lock
-def _describe(holder: dict) -> str:
-    return f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}"
-
-
-def _read_holder(fd: int) -> dict:
-    os.lseek(fd, 0, os.SEEK_SET)
-    data = b""
-    while chunk := os.read(fd, 4096):
-        data += chunk
-    try:
-        holder = json.loads(data)
-    except ValueError:
-        return {}
-    return holder if isinstance(holder, dict) else {}
-
-
-def _flock(fd: int) -> bool | None:
-    """True: locked; False: no flock here (no fcntl, or the file system refuses it); None: another process holds it."""
-    if fcntl is None:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return None
-    except OSError:
-        return False
-    return True
-
-
-def _alive(holder: dict) -> bool:
-    """Whether the holder may still run: unknown (so yes) on another host or without a way to ask."""
-    if holder.get("host") != socket.gethostname() or os.name == "nt" or not isinstance(holder.get("pid"), int):
-        return True
-    try:
-        os.kill(holder["pid"], 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: it exists, as another user
-        return True
-    return True
-
-
-class RunLock:
-    """An exclusive lock on an output_dir for as long as a run works in it (main process only).
-
-    `flock` on `output_dir/continual_run.lock`, which the system releases when the holder dies however it dies; the file
-    names the holder (pid, host, start) for the message that refuses a second run, and a file left by a holder that
-    died is taken over with a warning. Where `flock` is missing (Windows, some network file systems) the pid in the file
-    decides: a live process on this host, or any on another host, holds the lock.
-    """
-
-    def __init__(self, root: str):
-        self.root, self.path, self._fd = root, os.path.join(root, LOCK_NAME), None
-
-    def __enter__(self):
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc):
-        self.release()
-
-    def _busy(self, holder: dict, flock: bool) -> RuntimeError:
-        hint = "" if flock else f" If that process is gone, delete {self.path}."
-        return RuntimeError(f"output_dir {self.root} is in use by another run ({_describe(holder)}; lock file "
-                            f"{self.path}). Wait for it to end, or use another output_dir.{hint}")  # fmt: skip
-
-    def acquire(self) -> None:
-        os.makedirs(self.root, exist_ok=True)
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            flock = _flock(fd)
-            if flock is None:
-                holder = _read_holder(fd)
-                os.close(fd)
-                raise self._busy(holder, True)
-            previous = _read_holder(fd)
-            if not flock and previous and _alive(previous):
-                os.close(fd)
-                raise self._busy(previous, False)
-            try:  # the holder may have released (unlinked) the file between our open and our flock
-                if os.path.samestat(os.fstat(fd), os.stat(self.path)):
-                    break
-            except FileNotFoundError:
-                pass
-            os.close(fd)
-        if previous:
-            logger.warning("%s: taking over the lock of %s, which ended without releasing it (killed?).", self.path,
-                           _describe(previous))  # fmt: skip
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, json.dumps(me).encode())
-        os.fsync(fd)
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is None:
-            return
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-        os.close(self._fd)
-        self._fd = None

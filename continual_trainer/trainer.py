@@ -4,23 +4,37 @@ previous task's frozen model (§4), replay (§5), EWC / LwF baselines, evaluatio
 
 import contextlib
 import copy
-import errno
 import logging
 import os
-import re
 import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object
 from datasets import concatenate_datasets
-from accelerate.utils import broadcast_object_list, gather_object
-from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from .checkpointing import (
+    EWC_NAME,
+    checkpoint_files,
+    disk_full_is_named,
+    intact_checkpoint,
+    last_save,
+    load_step_records,
+    load_task,
+    output_dir_locked,
+    remove_checkpoints,
+    restore_task_start,
+    resume_point,
+    save_step_records,
+    save_task,
+    start_run,
+    write_manifest,
+)
 from .collator import MSPTDataCollator
 from .losses import (
     attention_profiles,
@@ -34,33 +48,10 @@ from .losses import (
 from .metrics import METRIC_DEFINITIONS, continual_summary, score_task
 from .replay import ReplayMemory
 from .teacher_cache import ROW_INDEX, TeacherProfiles
-from .state import (
-    RNG_NAME,
-    RUN_NAME,
-    TASK_MARKER,
-    ContinualState,
-    RunLock,
-    check_settings,
-    describe_benchmark,
-    finished_tasks,
-    folder_problem,
-    load_rng_state,
-    mark_task_dir,
-    read_run,
-    run_settings,
-    save_rng_state,
-    task_dir,
-    task_folders,
-    write_manifest,
-    write_run,
-)
+from .state import ContinualState, describe_benchmark, mark_task_dir, run_settings, task_dir
 
 logger = logging.getLogger(__name__)
 
-STEP_RECORDS_NAME = "modulation_steps.safetensors"  # a tensor, never a pickle (a checkpoint may come from anyone)
-CHECKPOINT_PATTERN = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
-_DISK_FULL_SIGNS = ("No space left on device", "StorageFull", "inline_container.cc", "PytorchStreamWriter failed",
-                    "file write failed")  # fmt: skip
 _TEXT_PREFIXES = ("text_embeddings.", "encoder.text_layers.")
 _VISION_PREFIXES = ("vision_embeddings.", "encoder.vision_layers.", "vision_post_layernorm.")
 
@@ -76,31 +67,6 @@ def parameter_role(name: str, base_prefix: str) -> str:
     if "vision_attention_bias" in name or name.startswith(_VISION_PREFIXES):
         return "vision"
     return "head"
-
-
-def _is_disk_full(err: BaseException) -> bool:
-    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-        return True
-    return any(sign in str(err) for sign in _DISK_FULL_SIGNS)
-
-
-@contextlib.contextmanager
-def disk_full_is_named(target: str, then):
-    """Around a save to `target`: the errors a full disk gives (OSError ENOSPC; torch's "[enforce fail at
-    inline_container.cc]" / "PytorchStreamWriter failed"; safetensors' "StorageFull") become one OSError(ENOSPC) that
-    says so, where, how much space is left, and `then()`: what was kept and how to continue."""
-    try:
-        yield
-    except Exception as err:
-        if not _is_disk_full(err):
-            raise
-        tail = then()
-        existing = target
-        while not os.path.isdir(existing) and os.path.dirname(existing) != existing:
-            existing = os.path.dirname(existing)
-        free = shutil.disk_usage(existing).free / 2**20
-        raise OSError(errno.ENOSPC, f"No space left on device while writing {target} ({type(err).__name__}: {err}); "
-                                    f"{free:.0f} MiB free there. {tail}") from err  # fmt: skip
 
 
 @dataclass
@@ -294,7 +260,7 @@ class ContinualTrainer(Trainer):
             if resume_from_checkpoint:
                 state, checkpoint = self._resume(identity, settings)
             else:
-                self._start_run(identity, settings)
+                start_run(root, identity, args.strategy, settings, args.overwrite_output_dir, self.accelerator)
                 state, checkpoint = ContinualState(benchmark=identity, strategy=args.strategy), None
             try:
                 if args.strategy == "joint":
@@ -361,12 +327,9 @@ class ContinualTrainer(Trainer):
             logger.info("Teacher attention profiles of %d rows cached (%.1f MiB)", len(dataset),
                         self._teacher_profiles.nbytes / 2**20)  # fmt: skip
         self.train_dataset = dataset
-        self._step_records = []
+        self._step_records = load_step_records(checkpoint, self.args.device)  # a resumed task keeps its history
         self._metrics.clear()
         self._loss_finite = None
-        records = os.path.join(checkpoint, STEP_RECORDS_NAME) if checkpoint is not None else None
-        if records is not None and os.path.exists(records):  # safetensors: a checkpoint never runs code on load
-            self._step_records = list(load_file(records, device=str(self.args.device))["records"])
         self.train(resume_from_checkpoint=checkpoint)
         self._check_finite("the end of the task")
 
@@ -380,8 +343,8 @@ class ContinualTrainer(Trainer):
         def remove_partial():
             if self.is_world_process_zero():
                 shutil.rmtree(folder, ignore_errors=True)
-            return (f"The partial {os.path.basename(folder)} was removed; {self._last_save(os.path.dirname(folder))}. "
-                    "Free some space, then continue with --resume_from_checkpoint true (same output_dir and "
+            return (f"The partial {os.path.basename(folder)} was removed; {self._last_save(os.path.dirname(folder))}"
+                    ". Free some space, then continue with --resume_from_checkpoint true (same output_dir and "
                     "arguments).")  # fmt: skip
 
         limit, self.args.save_total_limit = self.args.save_total_limit, None
@@ -389,8 +352,7 @@ class ContinualTrainer(Trainer):
             with disk_full_is_named(folder, remove_partial):
                 super()._save_checkpoint(model, trial)
                 if self.is_world_process_zero() and self._step_records:
-                    records = torch.stack(self._step_records).cpu().contiguous()
-                    save_file({"records": records}, os.path.join(folder, STEP_RECORDS_NAME))
+                    save_step_records(folder, self._step_records)
                 self.accelerator.wait_for_everyone()  # every process's rng_state_*.pth is written
                 if self.is_world_process_zero():
                     write_manifest(folder)
@@ -400,49 +362,10 @@ class ContinualTrainer(Trainer):
             rotate_checkpoints(os.path.dirname(folder), limit, self.state.best_model_checkpoint, use_mtime=True)
 
     def _checkpoint_files(self) -> list:
-        """The files resuming from an HF checkpoint reads (a tuple: any of them). DeepSpeed and FSDP have layouts of
-        their own: their checkpoints are checked against `saved_files.json` only."""
-        args = self.args
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            return ["trainer_state.json"]
-        rng = ["rng_state.pth"] if args.world_size <= 1 else [f"rng_state_{i}.pth" for i in range(args.world_size)]
-        files = ["trainer_state.json", ("model.safetensors", "model.safetensors.index.json"), "optimizer.pt",
-                 "scheduler.pt", *rng]  # fmt: skip
-        return files + [STEP_RECORDS_NAME] if args.gradient_modulation else files
-
-    def _intact_checkpoint(self, folder: str) -> str | None:
-        """The newest checkpoint of a task folder with every file it needs, or None. Newer ones that are incomplete
-        or damaged are removed, each with a warning (older ones are rotated out as usual)."""
-        found = [(int(m.group(1)), m.group(0)) for m in map(CHECKPOINT_PATTERN.fullmatch,
-                 os.listdir(folder) if os.path.isdir(folder) else []) if m]  # fmt: skip
-        chosen, damaged = None, []
-        for _, name in sorted(found, reverse=True):
-            problem = folder_problem(os.path.join(folder, name), self._checkpoint_files())
-            if problem is None:
-                chosen = os.path.join(folder, name)
-                break
-            damaged.append((os.path.join(folder, name), problem))
-        self.accelerator.wait_for_everyone()  # every process has chosen before anything is removed
-        if self.is_world_process_zero():
-            for path, problem in damaged:
-                logger.warning("%s is incomplete or damaged (%s): removed; the run continues from %s.", path, problem,
-                               chosen or "the start of the task")  # fmt: skip
-                shutil.rmtree(path)
-        self.accelerator.wait_for_everyone()
-        return chosen
+        return checkpoint_files(self.args, own_layout=self.is_deepspeed_enabled or self.is_fsdp_enabled)
 
     def _last_save(self, folder: str) -> str:
-        """Where a resume would continue from, for messages: the newest intact checkpoint of `folder` (a task folder),
-        else the end of the last finished task, else the beginning."""
-        found = [(int(m.group(1)), m.group(0)) for m in map(CHECKPOINT_PATTERN.fullmatch,
-                 os.listdir(folder) if os.path.isdir(folder) else []) if m]  # fmt: skip
-        for _, name in sorted(found, reverse=True):
-            if folder_problem(os.path.join(folder, name), self._checkpoint_files()) is None:
-                return f"the last intact save is {os.path.join(folder, name)}"
-        finished = finished_tasks(self.root_dir)
-        if finished:
-            return f"the last intact save is {task_dir(self.root_dir, finished[-1])} (a finished task)"
-        return "nothing was saved before it: a resume starts from task 1"
+        return last_save(folder, self.root_dir, self._checkpoint_files())
 
     def _check_finite(self, where: str, weights: bool = True):
         """Raise FloatingPointError when a loss since the fit began, or (with `weights`) a weight, is nan/inf: called
@@ -485,7 +408,7 @@ class ContinualTrainer(Trainer):
                     len(state.unreadable_images), self._uncounted_images())  # fmt: skip
         self._snapshot_teacher()
         if save:
-            self._save_task(task_dir(self.root_dir, k), state)
+            save_task(task_dir(self.root_dir, k), state, self.model, self.processing_class, self._ewc, self.accelerator)
 
     def _record_unreadable_images(self, state) -> int:
         """Add the images the collators (of every process) could not read to `state.unreadable_images`; returns how
@@ -623,141 +546,47 @@ class ContinualTrainer(Trainer):
                     o[i] = torch.nn.functional.pad(o[i], (0, width - o[i].shape[1]), value=-100)
         return tuple(torch.cat([o[i] for o in outputs]).numpy() for i in range(3))
 
-    # --------------------------------------------------------------------------------------- state and resume
-    def _save_task(self, out_dir, state):
-        """A finished task: model, processor, EWC anchors, each process's random state, `saved_files.json`, then
-        `continual_state.json` (atomic, last: it marks the task finished). Its mid-task checkpoints go after that."""
-        with disk_full_is_named(out_dir, lambda: f"{out_dir} is not marked finished; its last checkpoint is kept. Free "
-                                "some space, then continue with --resume_from_checkpoint true."):  # fmt: skip
-            os.makedirs(out_dir, exist_ok=True)
-            save_rng_state(os.path.join(out_dir, RNG_NAME.format(rank=self.accelerator.process_index)))
-            self.accelerator.wait_for_everyone()
-            if self.is_world_process_zero():
-                self.model.save_pretrained(out_dir)
-                self.processing_class.save_pretrained(out_dir)
-                if self._ewc is not None:
-                    anchors, fisher = self._ewc
-                    tensors = {f"anchor.{i}": a for i, a in enumerate(anchors)}
-                    tensors.update({f"fisher.{i}": f for i, f in enumerate(fisher)})
-                    save_file({k: v.contiguous().cpu() for k, v in tensors.items()},
-                              os.path.join(out_dir, "ewc.safetensors"))  # fmt: skip
-                write_manifest(out_dir, recursive=False)
-                state.save(out_dir)
-        if self.is_world_process_zero():
-            self._remove_checkpoints(out_dir)  # not needed any more
-        self.accelerator.wait_for_everyone()
-
-    @staticmethod
-    def _remove_checkpoints(out_dir):
-        for name in os.listdir(out_dir):
-            if CHECKPOINT_PATTERN.fullmatch(name) or name == "replay":
-                shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
-
+    # --------------------------------------------------------------------------------------- lock and resume
     @contextlib.contextmanager
     def output_dir_lock(self):
-        """Hold `output_dir`'s `RunLock` for the block (the main process holds it; re-entrant). Another run on the
-        same output_dir is refused with the holder's pid and host; a lock left by a killed run is taken over."""
+        """Hold `output_dir`'s `RunLock` for the block (`checkpointing.output_dir_locked`; re-entrant): another run on
+        the same output_dir is refused with the holder's pid and host; a lock left by a killed run is taken over."""
         if self._holding_lock:
             yield
             return
-        lock, error = None, None
-        if self.is_world_process_zero():
-            lock = RunLock(self.args.output_dir)
+        with output_dir_locked(self.args.output_dir, self.accelerator):
+            self._holding_lock = True
             try:
-                lock.acquire()
-            except RuntimeError as err:
-                error = str(err)
-        if self.accelerator.num_processes > 1:  # every process raises the same error
-            error = broadcast_object_list([error])[0]
-        if error:
-            raise RuntimeError(error)
-        self._holding_lock = True
-        try:
-            yield
-        finally:
-            self._holding_lock = False
-            if lock is not None:
-                lock.release()
-
-    def _start_run(self, identity, settings):
-        """A new run in `root`. Over an existing run only with `overwrite_output_dir`, which deletes the task folders
-        this package wrote (`task-NN/` with its marker) and nothing else; a `task-NN/` it did not write is refused."""
-        root, args = self.root_dir, self.args
-        ours, foreign = task_folders(root)
-        if (ours or foreign or read_run(root) is not None) and not args.overwrite_output_dir:
-            names = ", ".join(os.path.basename(p) for p in ours + foreign) or RUN_NAME
-            raise ValueError(f"output_dir {root} holds a continual run ({names}): continue it with "
-                             "--resume_from_checkpoint true, replace it with --overwrite_output_dir true (deletes its "
-                             "task folders), or choose another output_dir.")  # fmt: skip
-        if foreign:
-            raise ValueError(f"output_dir {root}: {', '.join(os.path.basename(p) for p in foreign)} not written by "
-                             f"this package (no {TASK_MARKER} inside), and a run writes its tasks there: move "
-                             "it away or choose another output_dir.")  # fmt: skip
-        self.accelerator.wait_for_everyone()  # every process has looked before anything is deleted
-        if self.is_world_process_zero():
-            if ours:
-                logger.warning("overwrite_output_dir: deleting the %d task folders of the previous run in %s.",
-                               len(ours), root)  # fmt: skip
-            for path in ours:
-                shutil.rmtree(path)
-            write_run(root, identity, args.strategy, settings)
-        self.accelerator.wait_for_everyone()
+                yield
+            finally:
+                self._holding_lock = False
 
     def _resume(self, identity, settings):
         """(state after the last finished task, the intact HF checkpoint of the next task or None). None: that task
         starts from its beginning, with the random state the previous one ended with."""
         root, args = self.root_dir, self.args
-        run = read_run(root)
-        if run is None:
-            raise ValueError(f"resume_from_checkpoint: {root} holds no continual run ({RUN_NAME} is missing).")
-        ContinualState(benchmark=run["benchmark"], strategy=run["strategy"]).check_compatible(
-            identity, args.strategy, root
-        )
-        check_settings(run.get("settings"), settings, root)
-        finished = finished_tasks(root)
-        if finished and finished != list(range(len(finished))):
-            raise ValueError(f"{root}: finished task folders {finished} are not consecutive from task-00.")
-        state, last_dir = None, None
-        if finished:
-            last_dir = task_dir(root, finished[-1])
-            state = ContinualState.load(last_dir)
-            state.check_compatible(identity, args.strategy, root)
-            problem = folder_problem(last_dir, ["model.safetensors"] + (["ewc.safetensors"] if args.ewc_lambda else []))
-            if problem:
-                raise ValueError(f"{last_dir} is damaged ({problem}): delete it, and any later task folder, to redo "
-                                 "that task with --resume_from_checkpoint true, or start over with "
-                                 "--overwrite_output_dir true.")  # fmt: skip
-            self.model.load_state_dict(load_file(os.path.join(last_dir, "model.safetensors"), device=str(args.device)))
+        state, finished = resume_point(root, identity, args.strategy, settings, [EWC_NAME] if args.ewc_lambda else [])
+        last_dir = task_dir(root, finished[-1]) if finished else None
+        if last_dir is not None:
+            ewc = load_task(last_dir, self.model, args.device)
             self.memory = ReplayMemory.from_state_dict(state.memory)
-            ewc_path = os.path.join(last_dir, "ewc.safetensors")
-            if os.path.exists(ewc_path):
-                tensors = load_file(ewc_path, device=str(args.device))
-                n = len(tensors) // 2
+            if ewc is not None:
                 self._ewc_params = [p for p in self.model.parameters() if p.requires_grad]
-                self._ewc = ([tensors[f"anchor.{i}"] for i in range(n)], [tensors[f"fisher.{i}"] for i in range(n)])
+                self._ewc = ewc
             self._snapshot_teacher()
             if self.is_world_process_zero():
-                self._remove_checkpoints(last_dir)  # left if the run was killed right after the task finished
+                remove_checkpoints(last_dir)  # left if the run was killed right after the task finished
             logger.info("Resuming after task %d of %s", finished[-1] + 1, root)
         next_task = len(finished) if args.strategy != "joint" else len(identity["new_labels"]) - 1
         checkpoint = None
         if next_task < len(identity["new_labels"]):
             next_dir = task_dir(root, next_task)
-            checkpoint = self._intact_checkpoint(next_dir)
+            checkpoint = intact_checkpoint(next_dir, self._checkpoint_files(), self.accelerator)
             if checkpoint is None and os.path.isdir(next_dir) and self.is_world_process_zero():
                 logger.warning("Task %d restarts from its start: %s holds no intact checkpoint.", next_task + 1,
                                next_dir)  # fmt: skip
             if checkpoint is None and last_dir is not None:
-                self._restore_task_start(last_dir)
+                restore_task_start(last_dir, self.accelerator.process_index)
         if state is None:
             state = ContinualState(benchmark=identity, strategy=args.strategy)
         return state, checkpoint
-
-    def _restore_task_start(self, last_dir):
-        """The random state the uninterrupted run had when it began the next task (saved when `last_dir` finished)."""
-        path = os.path.join(last_dir, RNG_NAME.format(rank=self.accelerator.process_index))
-        if os.path.exists(path):
-            load_rng_state(path)
-        else:
-            logger.warning("%s is missing (a run of an older version): the next task starts from another random "
-                           "state than the uninterrupted run had, so its results differ slightly.", path)  # fmt: skip

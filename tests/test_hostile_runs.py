@@ -23,7 +23,7 @@ from transformers import TrainerCallback
 
 from conftest import tiny_args, tiny_setup
 from continual_trainer import ContinualTrainer
-from continual_trainer import trainer as trainer_module
+from continual_trainer.checkpointing import STEP_RECORDS_NAME
 
 SAVING = dict(save_strategy="steps", save_steps=2)  # task 2 has 5 steps (48 rows + 24 in memory, batch 16)
 
@@ -131,7 +131,7 @@ DAMAGES = {  # before: SafetensorError, EOFError, FileNotFoundError, or a resume
     "zero-byte scheduler.pt": lambda c: (c / "scheduler.pt").write_bytes(b""),
     "no optimizer.pt": lambda c: (c / "optimizer.pt").unlink(),
     "no rng_state.pth": lambda c: (c / "rng_state.pth").unlink(),
-    "no modulation records": lambda c: (c / trainer_module.STEP_RECORDS_NAME).unlink(),
+    "no modulation records": lambda c: (c / STEP_RECORDS_NAME).unlink(),
     "no trainer_state.json": lambda c: (c / "trainer_state.json").unlink(),
 }
 
@@ -183,14 +183,14 @@ def test_malicious_modulation_records_are_never_executed(bench, killed, tmp_path
     out = copy_of(killed, tmp_path)
     marker = tmp_path / "payload-ran"
     checkpoint = out / "task-01" / "checkpoint-4"
-    for name in {trainer_module.STEP_RECORDS_NAME, "modulation_steps.pt"}:
+    for name in {STEP_RECORDS_NAME, "modulation_steps.pt"}:
         torch.save(_OpensAFile(str(marker)), checkpoint / name)
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     stop = StopAtFirstStep()
     with caplog.at_level(logging.WARNING, logger="continual_trainer"), pytest.raises(Killed):
         make_trainer(bench, out, callbacks=[stop]).train_tasks(bench, resume_from_checkpoint=True)
     assert not marker.exists()
-    assert stop.resumed_at == 2 and trainer_module.STEP_RECORDS_NAME in caplog.text
+    assert stop.resumed_at == 2 and STEP_RECORDS_NAME in caplog.text
 
 
 # ------------------------------------------------------------------------------ case 7: resume with other arguments
@@ -267,7 +267,7 @@ def test_a_fresh_run_over_a_run_needs_overwrite_and_deletes_only_its_own_folders
 
 def test_a_busy_output_dir_is_refused_and_a_stale_lock_is_taken_over(bench, tmp_path, caplog):
     # before: a second run deleted the first one's task folders while it was training
-    from continual_trainer.state import LOCK_NAME, RunLock
+    from continual_trainer.checkpointing import LOCK_NAME, RunLock
 
     out = tmp_path / "run"
     with RunLock(str(out)):  # another run (this process) holds output_dir
