@@ -8,7 +8,11 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["modeling_mspt", "continual_trainer", "datasets_scripts"],
+    # `mspt_metrics` is the `metrics/` folder: the local `evaluate` metric modules, shipped as files (not imported)
+    # so that `continual_trainer.metrics.metric_path(name)` finds them in a checkout, an editable or a wheel install.
+    packages=["modeling_mspt", "continual_trainer", "datasets_scripts", "mspt_metrics"],
+    package_dir={"mspt_metrics": "metrics"},
+    package_data={"mspt_metrics": ["README.md", "*/*.py", "*/README.md"]},
     install_requires=[
         "torch>=2.4",
         "transformers>=5.0",
@@ -19,6 +23,7 @@ setup(
         "pillow",
         "numpy",
         "seqeval",
+        "evaluate>=0.4.6",  # the metrics in metrics/ are local `evaluate` modules
         "aiohttp",  # datasets downloads the real split files over http(s) through fsspec
     ],
     extras_require={

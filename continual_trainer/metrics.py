@@ -1,4 +1,14 @@
-"""Task metrics (reference notes §8) and continual-learning summaries. All values are fractions in [0, 1]."""
+"""Task metrics (reference notes §8) and continual-learning summaries. All values are fractions in [0, 1].
+
+The computations live in the repository's local `evaluate` modules (`metrics/<name>/<name>.py`, shipped as the
+`mspt_metrics` folder): `relation_scores`, `entity_scores` and `continual_summary` call them through
+`load_metric(name)`, loaded once per process. Outside the trainer: `evaluate.load(metric_path(name))`, or
+`evaluate.load("./metrics/<name>")` from the repository root; both are local files and work offline.
+"""
+
+import functools
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 
@@ -18,48 +28,48 @@ METRIC_DEFINITIONS = {
 }
 
 
+METRIC_MODULES = ("relation_micro_f1", "seqeval_entity_f1", "continual_summary")
+
+
+def metric_path(name: str) -> str:
+    """Folder of the local `evaluate` module `name` (one of `METRIC_MODULES`), for `evaluate.load(metric_path(name))`:
+    the installed `mspt_metrics` folder (wheel or editable install), else `metrics/` of this checkout."""
+    if name not in METRIC_MODULES:
+        raise ValueError(f"unknown metric {name!r}; the local evaluate modules are {', '.join(METRIC_MODULES)}.")
+    spec = importlib.util.find_spec("mspt_metrics")
+    roots = [Path(p) for p in (spec.submodule_search_locations or [])] if spec is not None else []
+    roots.append(Path(__file__).resolve().parent.parent / "metrics")  # a checkout used without (re)installing
+    for root in roots:
+        if (root / name / f"{name}.py").is_file():
+            return str(root / name)
+    raise FileNotFoundError(f"metric module {name}/{name}.py is in none of {[str(r) for r in roots]}; reinstall the "
+                            "package (`pip install -e .`) so that its `metrics/` folder ships with it.")  # fmt: skip
+
+
+@functools.cache
+def load_metric(name: str):
+    """The `evaluate.EvaluationModule` of local metric `name`, loaded once per process. A local path never reaches the
+    Hub (no network, whatever HF_HUB_OFFLINE says); `keep_in_memory` keeps predictions off disk and locks."""
+    import evaluate  # ~2 s on top of transformers: paid at the first metric, not at `import continual_trainer`
+
+    return evaluate.load(metric_path(name), keep_in_memory=True)
+
+
 def relation_scores(predictions, golds, none_id: int) -> dict:
-    """Micro P/R/F1 excluding the `None` relation, and accuracy (§8, IMRE)."""
-    p, g = np.asarray(predictions), np.asarray(golds)
-    correct = ((p == g) & (g != none_id)).sum()
-    predicted, actual = (p != none_id).sum(), (g != none_id).sum()
-    precision = correct / predicted if predicted else 0.0
-    recall = correct / actual if actual else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    accuracy = float((p == g).mean()) if len(g) else 0.0
-    return {"micro_f1": float(f1), "precision": float(precision), "recall": float(recall), "accuracy": accuracy}
+    """Micro P/R/F1 excluding the `None` relation, and accuracy (§8, IMRE): `metrics/relation_micro_f1`."""
+    return load_metric("relation_micro_f1").compute(predictions=predictions, references=golds, none_id=int(none_id))
 
 
 def entity_scores(predictions, golds, types=None) -> dict:
     """seqeval entity micro P/R/F1 over word-level tag sequences (lists of lists of tag strings). With `types`, only
-    entities of those types count (the other tags become O in both sequences)."""
-    from seqeval.metrics import f1_score, precision_score, recall_score
-
-    def keep(seq):
-        return [t if t == "O" or t[2:] in types else "O" for t in seq] if types is not None else list(seq)
-
-    def clean(seq):  # anything outside BIO (e.g. a special tag) counts as O (§8)
-        return [t if t == "O" or t[:2] in ("B-", "I-") else "O" for t in seq]
-
-    pred = [keep(clean(s)) for s in predictions]
-    gold = [keep(clean(s)) for s in golds]
-    kwargs = {"zero_division": 0}
-    return {"f1": float(f1_score(gold, pred, **kwargs)), "precision": float(precision_score(gold, pred, **kwargs)),
-            "recall": float(recall_score(gold, pred, **kwargs))}  # fmt: skip
+    entities of those types count (the other tags become O in both sequences): `metrics/seqeval_entity_f1`."""
+    return load_metric("seqeval_entity_f1").compute(predictions=predictions, references=golds, types=types)
 
 
 def continual_summary(matrix, cumulative) -> dict:
-    """Summaries of an accuracy matrix R (T rows, row i has i+1 values) and the per-task cumulative-test metric."""
-    T = len(matrix)
-    last = matrix[-1]
-    summary = {"final_average": float(np.mean(last)), "average_incremental": float(np.mean(cumulative))}
-    if T > 1:
-        summary["forgetting"] = float(np.mean([max(matrix[i][j] for i in range(j, T - 1)) - last[j]
-                                               for j in range(T - 1)]))  # fmt: skip
-        summary["bwt"] = float(np.mean([last[j] - matrix[j][j] for j in range(T - 1)]))
-    else:
-        summary["forgetting"] = summary["bwt"] = 0.0
-    return summary
+    """Summaries of an accuracy matrix R (T rows, row i has i+1 values) and the per-task cumulative-test metric:
+    `metrics/continual_summary`."""
+    return load_metric("continual_summary").compute(accuracy_matrix=matrix, cumulative=cumulative)
 
 
 def score_task(benchmark, k: int, predictions, golds, task_ids) -> dict:
