@@ -17,7 +17,7 @@ $(STAMP): setup.py constraints.txt
 install: $(STAMP)
 
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -rs tests
 
 # The main job on the embedded default: MSPT trained continually on the synthetic benchmark with a tiny model (CPU).
 # Each `make demo` starts afresh: it replaces the previous demo run in outputs/imre/ (only the task folders a run wrote
