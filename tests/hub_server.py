@@ -31,6 +31,7 @@ import json
 import re
 import socket
 import threading
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
@@ -311,3 +312,38 @@ class HangingServer:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+@contextmanager
+def local_hub(monkeypatch, tmp_path):
+    """A running HubServer with huggingface_hub pointed at it and every non-loopback connection refused (and recorded:
+    huggingface_hub swallows the errors of its best-effort telemetry); fails the test if anything tried to leave."""
+    import huggingface_hub.constants as constants
+
+    real_getaddrinfo, real_connect = socket.getaddrinfo, socket.socket.connect
+    attempts = []
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host not in ("127.0.0.1", "localhost"):
+            attempts.append(host)
+            raise OSError(f"test tried to resolve {host}")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    def connect(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] != "127.0.0.1":
+            attempts.append(address)
+            raise OSError(f"test tried to connect to {address}")
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    with HubServer() as server:
+        # HF_ENDPOINT and HF_HUB_DISABLE_XET are read when huggingface_hub is imported: set the constants too
+        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+        monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)  # the agent-registry fetch uses it
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # plain commits, no Xet pipeline
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "agent_harnesses.json"))
+        yield server
+    assert attempts == [], f"network access outside 127.0.0.1: {attempts}"

@@ -5,13 +5,12 @@ import ast
 import io
 import json
 import shutil
-import socket
 import sys
 
 import datasets
 import pytest
 from conftest import FIXTURES
-from hub_server import HubServer
+from hub_server import local_hub
 from PIL import Image
 
 from datasets_scripts import load_benchmark
@@ -179,39 +178,16 @@ def hub(monkeypatch, tmp_path):
     """The local Hub; huggingface_hub and datasets pointed at it, every non-loopback connection refused."""
     import huggingface_hub.constants as constants
 
-    real_getaddrinfo, real_connect = socket.getaddrinfo, socket.socket.connect
-    attempts = []
-
-    def getaddrinfo(host, *args, **kwargs):
-        if host not in ("127.0.0.1", "localhost"):
-            attempts.append(host)
-            raise OSError(f"test tried to resolve {host}")
-        return real_getaddrinfo(host, *args, **kwargs)
-
-    def connect(sock, address):
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] != "127.0.0.1":
-            attempts.append(address)
-            raise OSError(f"test tried to connect to {address}")
-        return real_connect(sock, address)
-
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    with HubServer() as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+    with local_hub(monkeypatch, tmp_path) as server:
         monkeypatch.setenv("HF_TOKEN", "hf_test")
-        monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
         monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
-        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
-        monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "agent_harnesses.json"))
         monkeypatch.setattr(datasets.config, "HF_ENDPOINT", server.endpoint)
         monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
         # what load_dataset asks other hosts for, best effort: the download counter (S3) and the dataset viewer
         monkeypatch.setattr(datasets.config, "HF_UPDATE_DOWNLOAD_COUNTS", False)
         monkeypatch.setattr(datasets.config, "USE_PARQUET_EXPORT", False)
         yield server
-    assert attempts == [], f"network access outside 127.0.0.1: {attempts}"
 
 
 def test_push_to_the_hub_and_load_back(hub, tmp_path):

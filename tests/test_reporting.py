@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import sys
 
 import datasets
@@ -24,7 +23,7 @@ from continual_trainer.reporting import (
 from continual_trainer.state import ContinualState, describe_benchmark, write_run
 from continual_trainer.trainer import ContinualResult
 from datasets_scripts.benchmark import ContinualBenchmark, ContinualTask
-from hub_server import HubServer
+from hub_server import local_hub
 
 MATRIX = [[0.9], [0.7, 0.8], [0.6, 0.65, 0.75]]
 SUMMARY = {"final_average": 2.0 / 3, "average_incremental": 0.7666666666666666, "forgetting": 0.225, "bwt": -0.225}
@@ -161,35 +160,8 @@ def test_model_card_yaml_and_model_index(tmp_path, results, task_type, auto_clas
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
     """The local Hub, with huggingface_hub pointed at it and every non-loopback connection refused."""
-    import huggingface_hub.constants as constants
-
-    real_getaddrinfo, real_connect = socket.getaddrinfo, socket.socket.connect
-    attempts = []  # recorded as well as refused: huggingface_hub swallows errors of its best-effort telemetry
-
-    def getaddrinfo(host, *args, **kwargs):
-        if host not in ("127.0.0.1", "localhost"):
-            attempts.append(host)
-            raise OSError(f"test tried to resolve {host}")
-        return real_getaddrinfo(host, *args, **kwargs)
-
-    def connect(sock, address):
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] != "127.0.0.1":
-            attempts.append(address)
-            raise OSError(f"test tried to connect to {address}")
-        return real_connect(sock, address)
-
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    with HubServer() as server:
-        # HF_ENDPOINT and HF_HUB_DISABLE_XET are read when huggingface_hub is imported: set the constants too
-        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
-        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-        monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)  # the agent-registry fetch uses it
-        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # plain commits, no Xet pipeline
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "agent_harnesses.json"))
+    with local_hub(monkeypatch, tmp_path) as server:
         yield server
-    assert attempts == [], f"network access outside 127.0.0.1: {attempts}"
 
 
 @pytest.fixture

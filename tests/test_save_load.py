@@ -98,7 +98,7 @@ REMOTE_SCRIPT = textwrap.dedent(
     from transformers import (AutoConfig, AutoModel, AutoModelForSequenceClassification,
                               AutoModelForTokenClassification, AutoProcessor)
 
-    root, inputs = sys.argv[1], torch.load(sys.argv[2])
+    root, inputs = sys.argv[1], torch.load(sys.argv[2], weights_only=True)
     assert AutoConfig.from_pretrained(root + "/re", trust_remote_code=True).model_type == "mspt"
     re_model = AutoModelForSequenceClassification.from_pretrained(root + "/re", trust_remote_code=True)
     ner_model = AutoModelForTokenClassification.from_pretrained(root + "/ner", trust_remote_code=True)
@@ -127,7 +127,7 @@ def test_fresh_process_remote_code_load_gives_identical_outputs(tmp_path, tiny_p
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    out = torch.load(tmp_path / "out.pt")
+    out = torch.load(tmp_path / "out.pt", weights_only=True)
     assert out["modules"] and all(m.startswith("transformers_modules.") for m in out["modules"]), out["modules"]
     with torch.no_grad():
         ner = ner_model(**inputs)
