@@ -92,6 +92,10 @@ class MSPTTokenClassificationOutput(ModelOutput):
 
 
 # ------------------------------------------------------------------------------------------------------------ models
+PARAMETER_ROLES = ("text", "vision", "shared_key", "text_bias", "vision_bias", "head")
+STREAM_OF_ROLE = {"text": "text", "text_bias": "text", "vision": "vision", "vision_bias": "vision"}  # modulated
+
+
 class MSPTPreTrainedModel(PreTrainedModel):
     config: MSPTConfig
     config_class = MSPTConfig
@@ -130,6 +134,36 @@ class MSPTPreTrainedModel(PreTrainedModel):
         elif isinstance(module, MSPTCRF):
             for p in (module.start_transitions, module.end_transitions, module.transitions):
                 init.uniform_(p, -0.1, 0.1)
+
+    def parameter_roles(self) -> dict[str, str]:
+        """The role of every parameter, by name as `named_parameters()` gives it: `"text"` / `"vision"` (the two
+        streams: embeddings, layers, the vision post-norm), `"shared_key"` (the interaction layers' key shared by both
+        streams), `"text_bias"` / `"vision_bias"` (the modality attention biases), `"head"` (classifier, CRF:
+        everything outside the base model). Found from the modules themselves, not from their names: a base-model
+        parameter that none of them holds raises instead of silently taking a role (the continual trainer modulates
+        and groups the optimizer by these roles)."""
+        base = self.base_model
+        encoder = base.encoder
+        owners = {"text": (base.text_embeddings, encoder.text_layers),
+                  "vision": (base.vision_embeddings, encoder.vision_layers, base.vision_post_layernorm)}  # fmt: skip
+        role_of = {}
+        for role, modules in owners.items():
+            role_of.update({id(p): role for module in modules for p in module.parameters()})
+        for shared in encoder.interaction:
+            role_of[id(shared.shared_key)] = "shared_key"
+            role_of[id(shared.text_attention_bias)] = "text_bias"
+            role_of[id(shared.vision_attention_bias)] = "vision_bias"
+        in_base = {id(p) for p in base.parameters()}
+        roles = {}
+        for name, param in self.named_parameters():
+            if id(param) in role_of:
+                roles[name] = role_of[id(param)]
+            elif id(param) in in_base:
+                raise RuntimeError(f"{type(self).__name__}.parameter_roles: the base-model parameter {name!r} belongs "
+                                   "to no stream, key or bias; give its module a role in parameter_roles.")  # fmt: skip
+            else:
+                roles[name] = "head"
+        return roles
 
     @classmethod
     def from_text_vision_pretrained(cls, text_model_name_or_path, vision_model_name_or_path, **kwargs):
@@ -497,6 +531,8 @@ MSPTForRelationExtraction.register_for_auto_class("AutoModelForSequenceClassific
 MSPTForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
 
 __all__ = [
+    "PARAMETER_ROLES",
+    "STREAM_OF_ROLE",
     "MSPTModel",
     "MSPTPreTrainedModel",
     "MSPTForRelationExtraction",
