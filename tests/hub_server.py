@@ -1,22 +1,28 @@
 """A local Hub-compatible HTTP server (stdlib only) for offline push tests.
 
-It answers what `HfApi.create_repo` + `HfApi.upload_folder` send with `HF_HUB_DISABLE_XET=1` (huggingface_hub 2.4):
+It answers what `HfApi.whoami`, `create_repo`, `create_branch` and `upload_folder` send with
+`HF_HUB_DISABLE_XET=1` (huggingface_hub 2.4):
 
     GET  /api/agent-harnesses                      agent-detection registry (user-agent telemetry): empty registry
+    GET  /api/whoami-v2                            the user of the bearer token (`tokens`), 401 for any other token
     POST /api/repos/create                         200, or 409 when the repo exists (as the Hub; `exist_ok` handles it)
     POST /api/validate-yaml                        README.md front matter check: no errors
+    POST /api/{type}s/{repo_id}/branch/{branch}    a branch from `startingPoint` (default main); 409 when it exists
     POST /api/{type}s/{repo_id}/preupload/{rev}    every file "regular", so no LFS or Xet upload follows
-    POST /api/{type}s/{repo_id}/commit/{rev}       ndjson: header, then files base64-inline (`file`), deletions
+    POST /api/{type}s/{repo_id}/commit/{rev}       ndjson: header, then files base64-inline (`file`), deletions; 404
+                                                   (RevisionNotFound) on a branch that does not exist, as the Hub
 
-and what `datasets.load_dataset(<repo id>)` and `hf_hub_download` read back from a repo (any revision is the head):
+and what `datasets.load_dataset(<repo id>)`, `hf_hub_download` and `from_pretrained(..., revision=)` read back, for
+a branch name or the `sha` of a branch's files (an unknown revision: 404 with `X-Error-Code: RevisionNotFound`):
 
-    GET  /api/{type}s/{repo_id}[/revision/{rev}]   repo info: `sha` (a hash of the files) and `siblings`
+    GET  /api/{type}s/{repo_id}[/revision/{rev}]   repo info: `sha` (a hash of the files), `siblings`, `private`
     GET  /api/{type}s/{repo_id}/tree/{rev}[/{dir}] listing, `?recursive=true` for all levels
     POST /api/{type}s/{repo_id}/paths-info/{rev}   the entries of the given paths
     GET  [/{type}s]/{repo_id}/resolve/{rev}/{path} the file's bytes, with `X-Repo-Commit` and `ETag` (HEAD: headers)
 
-Everything else gets a 404 and is recorded in `requests`, so a test sees any request it did not expect. The files
-that arrive are kept in memory: `server.files(repo_id)` maps path -> bytes. `fail_next` injects errors.
+Model, dataset and space repos are kept apart. Everything else gets a 404 and is recorded in `requests`, so a test
+sees any request it did not expect. The files that arrive are kept in memory: `server.files(repo_id, revision=)` maps
+path -> bytes. `fail_next` injects errors.
 
     with HubServer() as hub:
         HfApi(endpoint=hub.endpoint, token="hf_test").upload_folder(...)
@@ -35,7 +41,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
-_REPO_ROUTE = re.compile(r"^/api/(model|dataset|space)s/(.+)/(preupload|commit)/([^/]+)$")
+_REPO_ROUTE = re.compile(r"^/api/(model|dataset|space)s/(.+)/(preupload|commit|branch)/([^/]+)$")
 _INFO_ROUTE = re.compile(r"^/api/(model|dataset|space)s/([^/]+/[^/]+)(?:/revision/([^/]+))?$")
 _TREE_ROUTE = re.compile(r"^/api/(model|dataset|space)s/([^/]+/[^/]+)/(tree|paths-info)/([^/]+)(?:/(.*))?$")
 _RESOLVE_ROUTE = re.compile(r"^/(?:(dataset|space)s/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
@@ -54,7 +60,11 @@ class HubServer:
 
     Attributes:
         endpoint: `http://127.0.0.1:<port>` once started; pass it to `HfApi(endpoint=...)`.
-        repos: `{(repo_type, repo_id): {path: bytes}}`, the files committed so far.
+        repos: `{(repo_type, repo_id): {branch: {path: bytes}}}`, the files committed so far; a new repo has an
+            empty `main`.
+        private: `{(repo_type, repo_id): bool}`, the visibility each repo was created with.
+        tokens: `{token: user name}` that `whoami` knows (`{"hf_test": "tester"}`); a repo created under a bare
+            name goes to the namespace of the token's user ("tester" for an unknown token).
         requests: `[(method, path)]`, every request in arrival order (query strings stripped).
         commits: `[(repo_id, revision, summary)]`.
         preuploaded: `[(repo_id, path)]`, the paths announced to `preupload`.
@@ -63,7 +73,9 @@ class HubServer:
     """
 
     def __init__(self):
-        self.repos: dict[tuple[str, str], dict[str, bytes]] = {}
+        self.repos: dict[tuple[str, str], dict[str, dict[str, bytes]]] = {}
+        self.private: dict[tuple[str, str], bool] = {}
+        self.tokens: dict[str, str] = {"hf_test": "tester"}
         self.requests: list[tuple[str, str]] = []
         self.fail_next: list[tuple[str, str, int]] = []
         self.commits: list[tuple[str, str, str]] = []
@@ -73,9 +85,13 @@ class HubServer:
         self._httpd = None
         self._thread = None
 
-    def files(self, repo_id: str, repo_type: str = "model") -> dict[str, bytes]:
+    def files(self, repo_id: str, repo_type: str = "model", revision: str = "main") -> dict[str, bytes]:
         with self._lock:
-            return dict(self.repos.get((repo_type, repo_id), {}))
+            return dict(self.repos.get((repo_type, repo_id), {}).get(revision, {}))
+
+    def branches(self, repo_id: str, repo_type: str = "model") -> list[str]:
+        with self._lock:
+            return sorted(self.repos.get((repo_type, repo_id), {}))
 
     def start(self) -> str:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -100,16 +116,36 @@ class HubServer:
         self.stop()
 
     # ------------------------------------------------------------------------------------------------- routes
-    def _create_repo(self, body: dict) -> tuple[int, dict]:
+    def _whoami(self, token: str | None) -> tuple[int, dict]:
+        if token not in self.tokens:
+            return 401, {"error": "Invalid credentials in Authorization header"}
+        return 200, {"type": "user", "name": self.tokens[token], "orgs": [],
+                     "auth": {"type": "access_token", "accessToken": {"displayName": "test", "role": "write"}}}
+
+    def _create_repo(self, body: dict, token: str | None) -> tuple[int, dict]:
         name, organization = body["name"], body.get("organization")
-        repo_id = name if "/" in name else f"{organization or 'tester'}/{name}"
+        repo_id = name if "/" in name else f"{organization or self.tokens.get(token, 'tester')}/{name}"
         repo_type = body.get("type") or "model"
         url = f"{self.endpoint}/{'' if repo_type == 'model' else repo_type + 's/'}{repo_id}"
         with self._lock:
             if (repo_type, repo_id) in self.repos:
                 return 409, {"error": "You already created this model repo", "url": url}
-            self.repos[(repo_type, repo_id)] = {}
+            self.repos[(repo_type, repo_id)] = {"main": {}}
+            self.private[(repo_type, repo_id)] = bool(body.get("private"))
         return 200, {"url": url, "name": repo_id, "id": repo_id}
+
+    def _create_branch(self, repo_type: str, repo_id: str, branch: str, body: dict) -> tuple[int, dict]:
+        with self._lock:
+            branches = self.repos.get((repo_type, repo_id))
+            if branches is None:
+                return 404, {"error": f"Repository {repo_id} not found"}
+            if branch in branches:
+                return 409, {"error": f"Branch {branch} already exists"}
+            start = self._branch_of(repo_type, repo_id, body.get("startingPoint") or "main")
+            if start is None:
+                return 404, {"error": f"Revision {body.get('startingPoint')} not found", "error_code": "RevisionNotFound"}
+            branches[branch] = dict(branches[start])
+        return 200, {}
 
     def _preupload(self, repo_id: str, body: dict) -> tuple[int, dict]:
         files = body["files"]
@@ -123,6 +159,8 @@ class HubServer:
         with self._lock:
             if key not in self.repos:
                 return 404, {"error": f"Repository {repo_id} not found"}
+            if revision not in self.repos[key]:
+                return 404, {"error": f"Invalid rev id: {revision}", "error_code": "RevisionNotFound"}
             added, deleted, summary = {}, [], ""
             for line in raw.splitlines():
                 item = json.loads(line)
@@ -137,7 +175,7 @@ class HubServer:
                     deleted.append(value["path"])
                 else:  # lfsFile / copies never happen: preupload answers "regular" for everything
                     return 400, {"error": f"unsupported commit operation {kind!r}"}
-            files = self.repos[key]
+            files = self.repos[key][revision]
             for path in deleted:
                 for existing in [p for p in files if p == path or p.startswith(path.rstrip("/") + "/")]:
                     del files[existing]
@@ -147,7 +185,7 @@ class HubServer:
         url = f"{self.endpoint}/{'' if repo_type == 'model' else repo_type + 's/'}{repo_id}"
         return 200, {"commitUrl": f"{url}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None}
 
-    def handle(self, method: str, path: str, raw: bytes, query: str = "") -> tuple[int, dict]:
+    def handle(self, method: str, path: str, raw: bytes, query: str = "", token: str | None = None) -> tuple[int, dict]:
         with self._lock:
             self.requests.append((method, path))
             for failure in self.fail_next:
@@ -156,8 +194,10 @@ class HubServer:
                     return failure[2], {"error": f"injected by the test Hub: {failure[2]}"}
         if method == "GET" and path == "/api/agent-harnesses":
             return 200, EMPTY_AGENT_REGISTRY
+        if method == "GET" and path == "/api/whoami-v2":
+            return self._whoami(token)
         if method == "POST" and path == "/api/repos/create":
-            return self._create_repo(json.loads(raw))
+            return self._create_repo(json.loads(raw), token)
         if method == "POST" and path == "/api/validate-yaml":
             return 200, {"errors": [], "warnings": []}
         match = _REPO_ROUTE.match(path)
@@ -165,6 +205,8 @@ class HubServer:
             repo_type, repo_id, op, revision = match.groups()
             if op == "preupload":
                 return self._preupload(repo_id, json.loads(raw))
+            if op == "branch":
+                return self._create_branch(repo_type, repo_id, revision, json.loads(raw or b"{}"))
             return self._commit(repo_type, repo_id, revision, raw)
         answer = self._read_route(method, path, raw, "recursive=true" in query.lower())
         if answer is not None:
@@ -173,16 +215,31 @@ class HubServer:
 
 
     # ------------------------------------------------------------------------------------------- read routes
-    def _snapshot(self, repo_type: str, repo_id: str) -> tuple[str, dict[str, bytes]] | None:
-        """``(sha, files)`` of a repo, or None when it does not exist; the sha hashes paths and contents."""
-        with self._lock:
-            if (repo_type, repo_id) not in self.repos:
-                return None
-            files = dict(self.repos[(repo_type, repo_id)])
+    @staticmethod
+    def _sha(files: dict[str, bytes]) -> str:
         h = hashlib.sha1()
         for name in sorted(files):
             h.update(name.encode() + b"\0" + hashlib.sha1(files[name]).digest())
-        return h.hexdigest(), files
+        return h.hexdigest()
+
+    def _branch_of(self, repo_type: str, repo_id: str, revision: str) -> str | None:
+        """The branch a revision (a branch name or the sha of a branch's files) names; call with the lock held."""
+        branches = self.repos.get((repo_type, repo_id), {})
+        if revision in branches:
+            return revision
+        return next((b for b, files in branches.items() if self._sha(files) == revision), None)
+
+    def _snapshot(self, repo_type: str, repo_id: str, revision: str = "main"):
+        """``(sha, files)`` of a repo at a revision, None when the repo does not exist, or a 404 answer when the
+        revision does not; the sha hashes paths and contents."""
+        with self._lock:
+            if (repo_type, repo_id) not in self.repos:
+                return None
+            branch = self._branch_of(repo_type, repo_id, revision)
+            if branch is None:
+                return 404, {"error": f"Invalid rev id: {revision}", "error_code": "RevisionNotFound"}
+            files = dict(self.repos[(repo_type, repo_id)][branch])
+        return self._sha(files), files
 
     @staticmethod
     def _entries(files: dict[str, bytes], paths: list[str], recursive: bool) -> list[dict]:
@@ -206,19 +263,21 @@ class HubServer:
         """Repo info, tree, paths-info and resolve (module docstring); None when the path is none of them."""
         not_found = 404, {"error": f"Repository or entry not found: {path}"}
         if match := _RESOLVE_ROUTE.match(path):
-            repo_type, repo_id, _, file_path = match.groups()
-            snapshot = self._snapshot(repo_type or "model", repo_id)
-            if snapshot is None or file_path not in snapshot[1]:
+            repo_type, repo_id, revision, file_path = match.groups()
+            snapshot = self._snapshot(repo_type or "model", repo_id, revision)
+            if snapshot is None or isinstance(snapshot[0], int):
+                return snapshot or not_found
+            if file_path not in snapshot[1]:
                 return not_found
             sha, files = snapshot
             data = files[file_path]
             return 200, RawResponse(data, {"Content-Type": "application/octet-stream", "X-Repo-Commit": sha,
                                            "ETag": f'"{hashlib.sha1(data).hexdigest()}"'})
         if (match := _TREE_ROUTE.match(path)) and method in ("GET", "POST"):
-            repo_type, repo_id, op, _, sub = match.groups()
-            snapshot = self._snapshot(repo_type, repo_id)
-            if snapshot is None:
-                return not_found
+            repo_type, repo_id, op, revision, sub = match.groups()
+            snapshot = self._snapshot(repo_type, repo_id, revision)
+            if snapshot is None or isinstance(snapshot[0], int):
+                return snapshot or not_found
             if op == "paths-info":  # form or JSON body: paths=...&expand=...
                 body = raw.decode()
                 paths = json.loads(body)["paths"] if body.startswith("{") else [
@@ -229,12 +288,13 @@ class HubServer:
                 return not_found
             return 200, entries
         if (match := _INFO_ROUTE.match(path)) and method == "GET":
-            repo_type, repo_id, _ = match.groups()
-            snapshot = self._snapshot(repo_type, repo_id)
-            if snapshot is None:
-                return not_found
+            repo_type, repo_id, revision = match.groups()
+            snapshot = self._snapshot(repo_type, repo_id, revision or "main")
+            if snapshot is None or isinstance(snapshot[0], int):
+                return snapshot or not_found
             sha, files = snapshot
-            return 200, {"id": repo_id, "sha": sha, "private": False, "siblings": [{"rfilename": f} for f in sorted(files)]}
+            return 200, {"id": repo_id, "sha": sha, "private": self.private.get((repo_type, repo_id), False),
+                         "siblings": [{"rfilename": f} for f in sorted(files)]}  # fmt: skip
         return None
 
 
@@ -248,7 +308,9 @@ def _handler(hub: HubServer):
         def _serve(self):
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             path = unquote(urlsplit(self.path).path)
-            code, payload = hub.handle(self.command, path, raw, query=urlsplit(self.path).query)
+            authorization = self.headers.get("Authorization") or ""
+            token = authorization[len("Bearer "):] if authorization.startswith("Bearer ") else None
+            code, payload = hub.handle(self.command, path, raw, query=urlsplit(self.path).query, token=token)
             headers = payload.headers if isinstance(payload, RawResponse) else {"Content-Type": "application/json"}
             data = payload.data if isinstance(payload, RawResponse) else json.dumps(payload).encode()
             self.send_response(code)
@@ -256,7 +318,7 @@ def _handler(hub: HubServer):
                 self.send_header(name, value)
             self.send_header("Content-Length", str(len(data)))
             if code == 404:
-                self.send_header("X-Error-Code", "EntryNotFound")
+                self.send_header("X-Error-Code", isinstance(payload, dict) and payload.get("error_code") or "EntryNotFound")
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(data)
