@@ -1,6 +1,7 @@
-"""What a finished continual run leaves behind for people: `results.json`, the accuracy-matrix heatmap, the
-modality-balance curve (the paper's Fig. 3), a model card with a `model-index`, and the push of the whole run
-(final model at the root, one subfolder per task) to the Hub.
+"""What a finished continual run leaves behind for people: `results.json` and `all_results.json`, the accuracy-matrix
+heatmap, the modality-balance curve (the paper's Fig. 3), a model card with a `model-index`, and the push of the whole
+run to the Hub (final model at the root of a branch, each task in a subfolder or on its own branch), with the repo id
+resolved and the token checked before a run starts (`resolve_hub_repo_id`).
 """
 
 import glob
@@ -15,6 +16,7 @@ import shlex
 import time
 from collections.abc import Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from enum import Enum
 
 import numpy as np
@@ -24,19 +26,22 @@ from .state import RUN_NAME, describe_benchmark
 logger = logging.getLogger(__name__)
 
 RESULTS_NAME = "results.json"
+ALL_RESULTS_NAME = "all_results.json"
 CARD_NAME = "README.md"
 ACCURACY_PLOT_NAME = "accuracy_matrix.png"
 BALANCE_PLOT_NAME = "modality_balance.png"
 SUMMARY_METRICS = ("final_average", "average_incremental", "forgetting", "bwt")
 VERSIONED_PACKAGES = ("torch", "transformers", "datasets", "accelerate", "huggingface_hub", "mspt")
 TASK_DIR_PATTERN = re.compile(r"task-\d+")
+TASK_LAYOUTS = ("subfolders", "branches")
+DEFAULT_LICENSE = "apache-2.0"
 _SUMMARY_NAMES = {"final_average": "Final average", "average_incremental": "Average incremental",
                   "forgetting": "Forgetting", "bwt": "Backward transfer"}  # fmt: skip
-_HEADS = {  # task type -> Auto class, task, kind of label, model-index task type, tag
+_HEADS = {  # task type -> Auto class, task, kind of label, model-index task type = pipeline tag, tag, Hub metrics
     "re": ("AutoModelForSequenceClassification", "relation extraction", "relation", "text-classification",
-           "relation-extraction"),
+           "relation-extraction", ["f1", "precision", "recall"]),
     "ner": ("AutoModelForTokenClassification", "named-entity recognition", "entity", "token-classification",
-            "named-entity-recognition"),
+            "named-entity-recognition", ["seqeval", "f1"]),
 }  # fmt: skip
 
 
@@ -76,6 +81,28 @@ def write_results(output_dir: str, result, arguments: dict, benchmark, seed: int
     os.replace(path + ".tmp", path)
     logger.info("Wrote %s", path)
     return results
+
+
+def write_all_results(output_dir: str, results: dict) -> dict:
+    """Write `output_dir/all_results.json`, the flat metrics dict the transformers examples leave
+    (`trainer.save_metrics("all", ...)`): the continual summary (`final_average`, `average_incremental`,
+    `forgetting`, `bwt`), `num_tasks`, `final_cumulative` (the last model on all tasks' test sets) and
+    `final_task_{j}` (the last model on task j's slice, j from 1). Non-finite values are written as null.
+
+    Args:
+        results: the dict returned by `write_results` (or read from `results.json`).
+    """
+    matrix, cumulative = results["accuracy_matrix"], results.get("cumulative") or [None]
+    metrics = {k: results["summary"][k] for k in SUMMARY_METRICS if k in results["summary"]}
+    metrics.update(num_tasks=len(matrix), final_cumulative=cumulative[-1])
+    metrics.update({f"final_task_{j + 1}": v for j, v in enumerate(matrix[-1] if matrix else [])})
+    metrics = _jsonable(metrics)
+    path = os.path.join(output_dir, ALL_RESULTS_NAME)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(metrics, f, indent=4, sort_keys=True, allow_nan=False)
+    os.replace(path + ".tmp", path)
+    logger.info("Wrote %s", path)
+    return metrics
 
 
 def package_versions() -> dict:
@@ -245,23 +272,34 @@ def plot_modality_balance(modulation, path: str) -> str:
 
 # --------------------------------------------------------------------------------------------------- model card
 def write_model_card(output_dir: str, results: dict, model_name: str, task_type: str,
-                     base_models: list[str] | None = None) -> str:  # fmt: skip
-    """Write `output_dir/README.md`: YAML front matter (library, tags, base models, a `model-index` with one result
-    per continual summary metric) and the card text (what the model is, how to load it and its per-task
-    checkpoints, the accuracy matrix, the summaries and the metric definitions). The card is parsed back with
-    `huggingface_hub.ModelCard` before it is written.
+                     base_models: list[str] | None = None, *, repo_id: str | None = None, revision: str | None = None,
+                     task_layout: str = "subfolders", license: str | None = None,
+                     datasets: list[str] | None = None) -> str:  # fmt: skip
+    """Write `output_dir/README.md`: YAML front matter (license, library, pipeline tag, tags, datasets, metrics, base
+    models, a `model-index` with one result per continual summary metric) and the card text (what the model is, how
+    to load it and its per-task checkpoints, the accuracy matrix, the summaries, the plots found in `output_dir`
+    embedded by relative link, the metric definitions). The card is parsed back with `huggingface_hub.ModelCard`
+    before it is written.
 
     Args:
         results: the dict returned by `write_results` (or read from `results.json`).
-        model_name: the Hub repo id the run will be pushed to (used in the loading snippet), or a display name.
+        model_name: the card's title.
         task_type: "re" or "ner".
         base_models: the Hub ids of the text and vision towers the model started from, if any.
+        repo_id: the Hub repo the run is pushed to: the loading snippet names it. None: a run kept on disk, the
+            snippet names `output_dir`.
+        revision: the branch of `repo_id` that holds the final model (None or "main": the default branch).
+        task_layout: where the model after each task is: "subfolders" (`task-XX/` of the same branch) or "branches"
+            (its own branch, `task_branch`); as `push_run_to_hub`'s.
+        license: the card's license, `apache-2.0` when None.
+        datasets: the Hub ids of the datasets the run trained on, if any.
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     if task_type not in _HEADS:
         raise ValueError(f"task_type must be 're' or 'ner', got {task_type!r}.")
-    _, task_name, _, hub_task, tag = _HEADS[task_type]
+    _check_layout(task_layout)
+    _, task_name, _, hub_task, tag, hub_metrics = _HEADS[task_type]
     data, summary = results["data"], results["summary"]
     metric = results["task_metrics"][-1]["metric"] if results.get("task_metrics") else "score"
     dataset = f"{data['benchmark']}/{data['config']}"
@@ -272,13 +310,21 @@ def write_model_card(output_dir: str, results: dict, model_name: str, task_type:
         for key in SUMMARY_METRICS if summary.get(key) is not None
     ]  # fmt: skip
     card_data = ModelCardData(
+        license=license or DEFAULT_LICENSE,
         library_name="transformers",
+        pipeline_tag=hub_task,  # what the Auto class the checkpoint registers (config.auto_map) does
         tags=["mspt", "continual-learning", "multimodal", tag, data["benchmark"]],
+        datasets=list(datasets) if datasets else None,
+        metrics=list(hub_metrics),
         base_model=list(base_models) if base_models else None,
         model_name=model_name,
         eval_results=eval_results or None,
     )
-    body = _card_body(results, model_name, task_type, metric, dataset, _saved_task_dirs(output_dir))
+    location = repo_id or os.path.abspath(output_dir)
+    load = _LoadSpec(location, repo_id is not None, revision if repo_id and revision not in (None, "main") else None,
+                     task_layout if repo_id else "subfolders", _saved_task_dirs(output_dir),
+                     [p for p in _PLOTS if os.path.isfile(os.path.join(output_dir, p))])  # fmt: skip
+    body = _card_body(results, model_name, task_type, metric, dataset, load)
     card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")  # parses the front matter: raises if invalid
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, CARD_NAME)
@@ -295,13 +341,42 @@ def _saved_task_dirs(output_dir: str) -> list[str]:
     return sorted(d for d in names if os.path.isfile(os.path.join(output_dir, d, "config.json")))
 
 
-def _card_body(results, model_name, task_type, metric, dataset, task_dirs) -> str:
-    auto_class, task_name, label_kind, _, _ = _HEADS[task_type]
-    checkpoints = "The repository root holds the final model."
-    if task_dirs:
-        folders = ", ".join(f"`{d}/` (after task {int(d[5:]) + 1})" for d in task_dirs)
-        checkpoints += (f" The model after each task is kept in a subfolder of the same repository: {folders}. "
-                        f'Pass `subfolder="{task_dirs[0]}"` to both calls to load one.')  # fmt: skip
+_PLOTS = {ACCURACY_PLOT_NAME: "Accuracy matrix: row i is the model after task i, column j task j's test slice",
+          BALANCE_PLOT_NAME: "Modality balance per optimizer step (the paper's Fig. 3)"}  # fmt: skip
+
+
+@dataclass
+class _LoadSpec:
+    """Where the card says the model is: `location` (a repo id when `on_hub`, else a folder), the final model's
+    `revision` (None: the default branch), the `layout` of the per-task models, the saved `task_dirs`, the `plots`
+    next to the card."""
+
+    location: str
+    on_hub: bool
+    revision: str | None
+    layout: str
+    task_dirs: list[str]
+    plots: list[str]
+
+
+def _checkpoints_text(load: _LoadSpec) -> str:
+    home = f"branch `{load.revision}`" if load.revision else "the repository" if load.on_hub else "this folder"
+    text = f"The root of {home} holds the final model."
+    if not load.task_dirs:
+        return text
+    if load.layout == "branches":
+        first = task_branch(load.task_dirs[0], load.revision)
+        branches = ", ".join(f"`{task_branch(d, load.revision)}` (after task {int(d[5:]) + 1})" for d in load.task_dirs)
+        return text + (f" The model after each task is on its own branch of the same repository: {branches}. "
+                       f'Pass `revision="{first}"` to both calls instead to load one.')  # fmt: skip
+    folders = ", ".join(f"`{d}/` (after task {int(d[5:]) + 1})" for d in load.task_dirs)
+    return text + (f" The model after each task is kept in a subfolder of {home}: {folders}. "
+                   f'Pass `subfolder="{load.task_dirs[0]}"` to both calls to load one.')  # fmt: skip
+
+
+def _card_body(results, model_name, task_type, metric, dataset, load: _LoadSpec) -> str:
+    auto_class, task_name, label_kind, _, _, _ = _HEADS[task_type]
+    source = f'"{load.location}"' + (f', revision="{load.revision}"' if load.revision else "")
     data, matrix, summary = results["data"], results["accuracy_matrix"], results["summary"]
     T = len(matrix)
     strategy = results.get("arguments", {}).get("strategy")
@@ -320,11 +395,11 @@ def _card_body(results, model_name, task_type, metric, dataset, task_dirs) -> st
         "```python",
         f"from transformers import {auto_class}, AutoProcessor",
         "",
-        f'model = {auto_class}.from_pretrained("{model_name}", trust_remote_code=True)',
-        f'processor = AutoProcessor.from_pretrained("{model_name}", trust_remote_code=True)',
+        f"model = {auto_class}.from_pretrained({source}, trust_remote_code=True)",
+        f"processor = AutoProcessor.from_pretrained({source}, trust_remote_code=True)",
         "```",
         "",
-        checkpoints,
+        _checkpoints_text(load),
         "",
         "## Continual results",
         "",
@@ -341,6 +416,8 @@ def _card_body(results, model_name, task_type, metric, dataset, task_dirs) -> st
         lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
     lines += ["", "| summary | value |", "|---|---|"]
     lines += [f"| {_SUMMARY_NAMES[k]} (`{k}`) | {_fmt(summary[k])} |" for k in SUMMARY_METRICS if k in summary]
+    for name in load.plots:  # relative links: the PNGs are pushed next to the card
+        lines += ["", f"![{_PLOTS[name]}]({name})"]
     lines += ["", "### Metric definitions", ""]
     lines += [f"- **{name}**: {text}" for name, text in definitions.items()]
     lines += ["", "## Training data", "", f"- Benchmark `{dataset}`, data checksum `{data.get('checksum')}`."]
@@ -392,16 +469,34 @@ _RETRY_STATUS = (408, 429, 500, 502, 503, 504)
 _MAX_RETRY_WAIT = 60.0
 
 
+def task_branch(task_dir: str, revision: str | None = None) -> str:
+    """The branch that holds the model of `task_dir` ("task-03") in the "branches" layout: the folder's name, prefixed
+    with the final model's branch when that is not main (`v2-task-03`), so two runs on two branches stay apart."""
+    return task_dir if revision in (None, "main") else f"{revision}-{task_dir}"
+
+
+def _check_layout(task_layout: str) -> None:
+    if task_layout not in TASK_LAYOUTS:
+        raise ValueError(f"`task_layout` must be one of {TASK_LAYOUTS}, got {task_layout!r}.")
+
+
 def push_run_to_hub(output_dir: str, repo_id: str, token: str | None = None, private: bool | None = None,
                     commit_message: str = "Upload MSPT continual run", endpoint: str | None = None,
-                    timeout: float = 60.0, retries: int = 3, retry_wait: float = 2.0):  # fmt: skip
-    """Upload a continual run to one Hub model repo, in one `upload_folder` call.
+                    timeout: float = 60.0, retries: int = 3, retry_wait: float = 2.0, revision: str | None = None,
+                    task_layout: str = "subfolders"):  # fmt: skip
+    """Upload a continual run to one Hub model repo.
 
-    Layout of the repo: the root holds what is at the root of `output_dir` (the final model and processor, the card
-    `README.md`, `results.json`, the plots, `continual_run.json`); each per-task checkpoint `task-XX/` becomes a
-    **subfolder** of the same repo, on the same branch (not a revision or a branch per task), so
-    `from_pretrained(repo_id, subfolder="task-00", trust_remote_code=True)` loads the model after task 1. Mid-task
-    `checkpoint-*` folders, `*.tmp` files and other folders at the root are not uploaded (see `run_files`).
+    Layout of the repo: the root of branch `revision` (main when None; created from main if it does not exist) holds
+    what is at the root of `output_dir` (the final model and processor, the card `README.md`, `results.json`,
+    `all_results.json`, the plots, `continual_run.json`). Each per-task checkpoint `task-XX/`:
+
+    - `task_layout="subfolders"`: becomes a subfolder of that branch, in the same commit (one `upload_folder`):
+      `from_pretrained(repo_id, subfolder="task-00", trust_remote_code=True)` loads the model after task 1;
+    - `task_layout="branches"`: becomes the root of its own branch `task_branch("task-XX", revision)` (created from
+      main, then holding exactly the task's files), one commit per task before the final model's:
+      `from_pretrained(repo_id, revision="task-00", trust_remote_code=True)` loads it.
+
+    Mid-task `checkpoint-*` folders, `*.tmp` files and other folders at the root are not uploaded (see `run_files`).
 
     Every HTTP request of the push gives up after `timeout` seconds without progress (huggingface_hub's own client
     waits forever on a server that accepts and never answers). A timeout, a connection error or a 408/429/5xx answer
@@ -412,6 +507,8 @@ def push_run_to_hub(output_dir: str, repo_id: str, token: str | None = None, pri
     Args:
         token: a Hub token with write access; the locally saved one when None.
         private: visibility of the repo if it has to be created; an existing repo keeps its own.
+        revision: the branch of the final model (and of the task subfolders); main when None.
+        task_layout: "subfolders" or "branches", see above.
         endpoint: the Hub URL (for a private Hub or a test server); `HF_ENDPOINT` when None.
         timeout: seconds without progress (connect, send, receive) before a request is abandoned. While the push
             runs, other huggingface_hub requests of this process use the same timeout.
@@ -419,7 +516,7 @@ def push_run_to_hub(output_dir: str, repo_id: str, token: str | None = None, pri
         retry_wait: seconds before the first retry.
 
     Returns:
-        The `huggingface_hub.CommitInfo` of the upload (`commit_url`, `oid`).
+        The `huggingface_hub.CommitInfo` of the final model's upload (`commit_url`, `oid`).
 
     Raises:
         HubPushError: the Hub refused the push, or every attempt failed.
@@ -432,6 +529,7 @@ def push_run_to_hub(output_dir: str, repo_id: str, token: str | None = None, pri
         raise ValueError(f"`retries` must be an integer >= 0, got {retries!r}.")
     if not (isinstance(retry_wait, (int, float)) and retry_wait >= 0):
         raise ValueError(f"`retry_wait` must be a number of seconds >= 0, got {retry_wait!r}.")
+    _check_layout(task_layout)
     files = run_files(output_dir)
     tasks = sorted({f.split("/")[0] for f in files if "/" in f})
     if not tasks:
@@ -442,19 +540,34 @@ def push_run_to_hub(output_dir: str, repo_id: str, token: str | None = None, pri
         if name not in root:
             logger.warning("%s holds %s; pushing without it.", output_dir, what)
     api = HfApi(endpoint=endpoint, token=token)
+    final = revision or "main"
 
     def push():
         repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        logger.info("Uploading %d files (root and %s) to %s", len(files), ", ".join(tasks), repo_url)
+        if task_layout == "branches":  # each task's own branch first: main is still as it was (empty when new)
+            for task in tasks:
+                branch = task_branch(task, revision)
+                api.create_branch(repo_url.repo_id, branch=branch, exist_ok=True, repo_type="model")
+                logger.info("Uploading %s to branch %s of %s", task, branch, repo_url)
+                api.upload_folder(repo_id=repo_url.repo_id, folder_path=os.path.join(output_dir, task),
+                                  allow_patterns=[glob.escape(f.split("/", 1)[1]) for f in files if f.startswith(task + "/")],
+                                  delete_patterns="*",  # the branch holds the task's files only (main's were copied)
+                                  commit_message=f"{commit_message}: {task}", revision=branch, repo_type="model")  # fmt: skip
+        if final != "main":
+            api.create_branch(repo_url.repo_id, branch=final, exist_ok=True, repo_type="model")
+        pushed = files if task_layout == "subfolders" else sorted(root)
+        logger.info("Uploading %d files (%s) to branch %s of %s", len(pushed),
+                    "root and " + ", ".join(tasks) if task_layout == "subfolders" else "root", final, repo_url)
         return api.upload_folder(
             repo_id=repo_url.repo_id,
             folder_path=output_dir,
-            allow_patterns=[glob.escape(f) for f in files],  # exactly the files listed, nothing matched by accident
+            allow_patterns=[glob.escape(f) for f in pushed],  # exactly the files listed, nothing matched by accident
             commit_message=commit_message,
+            revision=final,
             repo_type="model",
         )
 
-    again = _repush_instructions(output_dir, repo_id, private, commit_message, endpoint)
+    again = _repush_instructions(output_dir, repo_id, private, commit_message, endpoint, revision, task_layout)
     for attempt in range(retries + 1):
         try:
             with _hub_timeout(timeout):
@@ -473,6 +586,55 @@ def push_run_to_hub(output_dir: str, repo_id: str, token: str | None = None, pri
             logger.warning("Hub push attempt %d of %d failed (%s: %s); retrying in %.1f s.", attempt + 1,
                            retries + 1, type(err).__name__, err, wait)  # fmt: skip
             time.sleep(wait)
+
+
+def resolve_hub_repo_id(hub_model_id: str | None, output_dir: str, token: str | None = None,
+                        endpoint: str | None = None, timeout: float = 30.0) -> str:  # fmt: skip
+    """The full id (`namespace/name`) of the repo a run will be pushed to, resolved and checked before the run starts
+    so that a bad Hub setting fails in seconds, not after training. As transformers' `Trainer` does: the name is
+    `hub_model_id`, or the output_dir's folder name when None; a name without a namespace goes to the token's user.
+    The token (`token`, else `HF_TOKEN` or the one saved by `hf auth login`) must exist, be accepted by the Hub's
+    `whoami` and not be read-only.
+
+    Raises:
+        ValueError: no token, a refused or read-only token, an invalid repo id, or a Hub that cannot be reached; the
+            message names the argument to fix (`--hub_token`, `--hub_model_id`) or says how to push later.
+    """
+    from huggingface_hub import HfApi, get_token
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    later = ("Or train without --push_to_hub and push the output_dir afterwards with "
+             "`continual_trainer.push_run_to_hub(output_dir, repo_id)`.")  # fmt: skip
+    token = token or get_token()
+    if not token:
+        raise ValueError("--push_to_hub true needs a Hub token with write access and none was found: pass "
+                         f"--hub_token, set HF_TOKEN or run `hf auth login`. {later}")  # fmt: skip
+    api = HfApi(endpoint=endpoint, token=token)
+    try:
+        with _hub_timeout(timeout):
+            me = api.whoami(cache=True)
+    except Exception as err:
+        if _is_transient(err) is None:
+            raise
+        refused = getattr(getattr(err, "response", None), "status_code", None) == 401
+        what = ("The Hub refused the token (401): give a valid write token with --hub_token, HF_TOKEN or "
+                "`hf auth login`." if refused else f"The Hub at {api.endpoint} could not be reached to check the token "
+                "and resolve the repo id (HF_HUB_OFFLINE set? no network?).")  # fmt: skip
+        raise ValueError(f"--push_to_hub true: {what} ({type(err).__name__}: {err}) {later}") from err
+    role = me.get("auth", {}).get("accessToken", {}).get("role")
+    if role == "read":
+        raise ValueError(f"--push_to_hub true: the Hub token of {me.get('name')!r} is read-only; give a write token "
+                         f"with --hub_token, HF_TOKEN or `hf auth login`. {later}")  # fmt: skip
+    name = hub_model_id or os.path.basename(os.path.abspath(output_dir))
+    repo_id = name if "/" in name else f"{me['name']}/{name}"
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        source = "--hub_model_id" if hub_model_id else f"the output_dir's folder name ({name!r}, the default)"
+        raise ValueError(f"--push_to_hub true: {source} gives the repo id {repo_id!r}, which the Hub does not accept "
+                         f"({err}). Pass --hub_model_id namespace/name.") from err  # fmt: skip
+    return repo_id
 
 
 def _is_transient(err: Exception) -> bool | None:
@@ -512,9 +674,11 @@ def _hub_timeout(seconds: float):
         set_client_factory(previous)
 
 
-def _repush_instructions(output_dir, repo_id, private, commit_message, endpoint) -> str:
+def _repush_instructions(output_dir, repo_id, private, commit_message, endpoint, revision=None,
+                         task_layout="subfolders") -> str:  # fmt: skip
     arguments = [os.path.abspath(output_dir), repo_id]
-    options = {"private": private, "endpoint": endpoint}
+    options = {"private": private, "endpoint": endpoint, "revision": revision,
+               "task_layout": None if task_layout == "subfolders" else task_layout}  # fmt: skip
     if commit_message != "Upload MSPT continual run":
         options["commit_message"] = commit_message
     python = ", ".join([*map(repr, arguments), *(f"{k}={v!r}" for k, v in options.items() if v is not None)])

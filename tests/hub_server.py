@@ -65,6 +65,7 @@ class HubServer:
         private: `{(repo_type, repo_id): bool}`, the visibility each repo was created with.
         tokens: `{token: user name}` that `whoami` knows (`{"hf_test": "tester"}`); a repo created under a bare
             name goes to the namespace of the token's user ("tester" for an unknown token).
+        read_only: the tokens of `tokens` that `whoami` describes as read-only (role "read").
         requests: `[(method, path)]`, every request in arrival order (query strings stripped).
         commits: `[(repo_id, revision, summary)]`.
         preuploaded: `[(repo_id, path)]`, the paths announced to `preupload`.
@@ -76,6 +77,7 @@ class HubServer:
         self.repos: dict[tuple[str, str], dict[str, dict[str, bytes]]] = {}
         self.private: dict[tuple[str, str], bool] = {}
         self.tokens: dict[str, str] = {"hf_test": "tester"}
+        self.read_only: set[str] = set()
         self.requests: list[tuple[str, str]] = []
         self.fail_next: list[tuple[str, str, int]] = []
         self.commits: list[tuple[str, str, str]] = []
@@ -119,8 +121,9 @@ class HubServer:
     def _whoami(self, token: str | None) -> tuple[int, dict]:
         if token not in self.tokens:
             return 401, {"error": "Invalid credentials in Authorization header"}
+        role = "read" if token in self.read_only else "write"
         return 200, {"type": "user", "name": self.tokens[token], "orgs": [],
-                     "auth": {"type": "access_token", "accessToken": {"displayName": "test", "role": "write"}}}
+                     "auth": {"type": "access_token", "accessToken": {"displayName": "test", "role": role}}}
 
     def _create_repo(self, body: dict, token: str | None) -> tuple[int, dict]:
         name, organization = body["name"], body.get("organization")
@@ -404,6 +407,8 @@ def local_hub(monkeypatch, tmp_path):
         monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
         monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
         monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)  # the agent-registry fetch uses it
+        # hf_hub_download's file URLs (from_pretrained of a repo id) are built from this template
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
         monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # plain commits, no Xet pipeline
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "agent_harnesses.json"))

@@ -17,6 +17,7 @@ from continual_trainer.reporting import (
     plot_modality_balance,
     push_run_to_hub,
     run_files,
+    write_all_results,
     write_model_card,
     write_results,
 )
@@ -128,22 +129,28 @@ def test_plots_without_matplotlib_name_the_extra(tmp_path, monkeypatch):
         plot_accuracy_matrix(MATRIX, str(tmp_path / "matrix.png"))
 
 
-@pytest.mark.parametrize("task_type,auto_class", [("re", "AutoModelForSequenceClassification"),
-                                                  ("ner", "AutoModelForTokenClassification")])  # fmt: skip
-def test_model_card_yaml_and_model_index(tmp_path, results, task_type, auto_class):
+@pytest.mark.parametrize("task_type,auto_class,pipeline_tag", [
+    ("re", "AutoModelForSequenceClassification", "text-classification"),
+    ("ner", "AutoModelForTokenClassification", "token-classification")])  # fmt: skip
+def test_model_card_yaml_and_model_index(tmp_path, results, task_type, auto_class, pipeline_tag):
     from huggingface_hub import ModelCard
 
     for k in range(3):  # the per-task checkpoints the card points to
         (tmp_path / f"task-{k:02d}").mkdir()
         (tmp_path / f"task-{k:02d}" / "config.json").write_text("{}")
-    path = write_model_card(str(tmp_path), results, "tester/mspt-synthetic", task_type,
-                            base_models=["bert-base-uncased", "openai/clip-vit-base-patch32"])  # fmt: skip
+    path = write_model_card(str(tmp_path), results, "mspt-synthetic", task_type,
+                            base_models=["bert-base-uncased", "openai/clip-vit-base-patch32"],
+                            repo_id="tester/mspt-synthetic", datasets=["tester/imre"])  # fmt: skip
     card = ModelCard.load(path)
     data = card.data
     assert data.library_name == "transformers"
+    assert data.license == "apache-2.0"
+    assert data.pipeline_tag == pipeline_tag  # the task of the Auto class the checkpoint registers
+    assert data.datasets == ["tester/imre"]
+    assert data.metrics == (["f1", "precision", "recall"] if task_type == "re" else ["seqeval", "f1"])
     assert {"mspt", "continual-learning", "multimodal", "synthetic"} <= set(data.tags)
     assert data.base_model == ["bert-base-uncased", "openai/clip-vit-base-patch32"]
-    assert data.model_name == "tester/mspt-synthetic"
+    assert data.model_name == "mspt-synthetic"
     assert {r.metric_type: r.metric_value for r in data.eval_results} == SUMMARY
     assert {(r.dataset_type, r.dataset_name, r.dataset_config) for r in data.eval_results} == {
         ("synthetic", "synthetic/re", "re")}  # fmt: skip
@@ -154,6 +161,46 @@ def test_model_card_yaml_and_model_index(tmp_path, results, task_type, auto_clas
     assert "| Backward transfer (`bwt`) | -0.2250 |" in text
     assert "`task-00/` (after task 1), `task-01/` (after task 2), `task-02/` (after task 3)" in text
     assert 'subfolder="task-00"' in text and "f00dcafe" in text
+    assert "](accuracy_matrix.png)" not in text  # no plot written: none embedded
+
+
+def test_model_card_branches_revision_plots_and_license(tmp_path, results, result):
+    from huggingface_hub import ModelCard
+
+    for k in range(2):
+        (tmp_path / f"task-{k:02d}").mkdir()
+        (tmp_path / f"task-{k:02d}" / "config.json").write_text("{}")
+    plot_accuracy_matrix(result.matrix, str(tmp_path / ACCURACY_PLOT_NAME))
+    plot_modality_balance(result.modulation, str(tmp_path / BALANCE_PLOT_NAME))
+    path = write_model_card(str(tmp_path), results, "mspt-run", "re", repo_id="org/mspt-run", revision="v2",
+                            task_layout="branches", license="mit")  # fmt: skip
+    card = ModelCard.load(path)
+    assert card.data.license == "mit" and card.data.base_model is None and card.data.datasets is None
+    text = card.text
+    load = 'AutoModelForSequenceClassification.from_pretrained("org/mspt-run", revision="v2", trust_remote_code=True)'
+    assert load in text
+    assert "The root of branch `v2` holds the final model." in text
+    assert "`v2-task-00` (after task 1), `v2-task-01` (after task 2)" in text and 'revision="v2-task-00"' in text
+    assert "subfolder=" not in text
+    # the plots are embedded by relative links to the PNGs pushed next to the card
+    assert "](accuracy_matrix.png)" in text and "](modality_balance.png)" in text
+    # a run kept on disk: the snippet names its folder; the main branch needs no revision argument
+    local = write_model_card(str(tmp_path / "local"), results, "local", "re")
+    assert f'from_pretrained("{tmp_path / "local"}", trust_remote_code=True)' in ModelCard.load(local).text
+    main = write_model_card(str(tmp_path / "main"), results, "m", "re", repo_id="org/m", revision="main")
+    assert 'from_pretrained("org/m", trust_remote_code=True)' in ModelCard.load(main).text
+    with pytest.raises(ValueError, match="task_layout"):
+        write_model_card(str(tmp_path), results, "m", "re", repo_id="org/m", task_layout="branch")
+
+
+def test_all_results_json_is_flat_and_strict(tmp_path, results):
+    metrics = write_all_results(str(tmp_path), results)
+    loaded = json.loads((tmp_path / "all_results.json").read_text(),
+                        parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))  # fmt: skip
+    assert loaded == metrics == {**SUMMARY, "num_tasks": 3, "final_cumulative": 0.66, "final_task_1": 0.6,
+                                 "final_task_2": 0.65, "final_task_3": 0.75}  # fmt: skip
+    results = {**results, "summary": {**SUMMARY, "bwt": float("nan")}}
+    assert write_all_results(str(tmp_path), results)["bwt"] is None
 
 
 # ------------------------------------------------------------------------------------------------------- push
@@ -179,7 +226,7 @@ def run_dir(tmp_path, result, benchmark, tiny_processor):
     model.save_pretrained(root)
     tiny_processor.save_pretrained(root)
     results = write_results(str(root), result, {"strategy": "mspt"}, benchmark, seed=7)
-    write_model_card(str(root), results, "tester/mspt-run", "re")
+    write_model_card(str(root), results, "mspt-run", "re", repo_id="tester/mspt-run")
     plot_accuracy_matrix(result.matrix, str(root / ACCURACY_PLOT_NAME))
     plot_modality_balance(result.modulation, str(root / BALANCE_PLOT_NAME))
     # not for the Hub: a mid-task HF checkpoint, a half-written file, a folder beside the tasks
