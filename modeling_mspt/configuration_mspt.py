@@ -9,7 +9,7 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.activations import ACT2FN
 from transformers.configuration_utils import SubConfigSpec
 
-SHARED_KEY_MODES = ("bank", "reference")
+SHARED_KEY_MODES = ("bank", "additive", "reference")
 RE_POOLINGS = ("cls", "entity")
 
 # Written into every saved config so that a checkpoint loads with any of the Auto classes in a fresh process
@@ -36,9 +36,11 @@ class MSPTConfig(PreTrainedConfig):
             ("hand-in-hand" interaction, reference notes §2.3). 0 gives two plain streams.
         shared_key_mode (`str`, *optional*, defaults to `"bank"`):
             `"bank"`: a per-position key bank `[heads, positions, head_dim]` shared by both streams, so that
-            attention depends on the input and the key learns (the fix of D1). `"reference"`: the released code's
-            single key vector per head broadcast over key positions; it cancels in the softmax (D1) and is kept
-            for ablations only.
+            attention depends on the input and the key learns (the fix of D1); it replaces the streams' own keys.
+            `"additive"`: each stream keeps its own (pretrained) key projection and the shared bank is added to it;
+            the bank and the biases start at zero, so the interaction layers start as the pretrained towers' layers.
+            `"reference"`: the released code's single key vector per head broadcast over key positions; it cancels
+            in the softmax (D1) and is kept for ablations only.
         max_text_length (`int`, *optional*, defaults to 80):
             Longest text sequence in sub-tokens (80 for IMRE, 128 for IMNER in the paper). Sizes the text attention
             bias; inputs may be shorter (dynamic padding) but never longer.

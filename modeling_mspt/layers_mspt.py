@@ -4,6 +4,7 @@ a key between the text and vision streams (reference notes §2.1-§2.3)."""
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import initialization as init
 from transformers.activations import ACT2FN
 
 from .configuration_mspt import MSPTConfig
@@ -58,15 +59,16 @@ class MSPTVisionEmbeddings(nn.Module):
 
 # ----------------------------------------------------------------------------------------------------------- layers
 class MSPTAttention(nn.Module):
-    """Multi-head self-attention. In an interaction layer there is no `k_proj`: the key comes from the shared bank."""
+    """Multi-head self-attention. Without `own_key` (interaction layers in the "bank" and "reference" modes) there is
+    no `k_proj` and the key is the shared one; with it and a shared key ("additive" mode) the two are summed."""
 
-    def __init__(self, hidden_size, num_heads, dropout, interaction: bool):
+    def __init__(self, hidden_size, num_heads, dropout, own_key: bool = True):
         super().__init__()
         self.num_heads, self.head_dim = num_heads, hidden_size // num_heads
         self.scale = self.head_dim**-0.5
         self.dropout = dropout
         self.q_proj = nn.Linear(hidden_size, hidden_size)
-        self.k_proj = None if interaction else nn.Linear(hidden_size, hidden_size)
+        self.k_proj = nn.Linear(hidden_size, hidden_size) if own_key else None
         self.v_proj = nn.Linear(hidden_size, hidden_size)
         self.out_proj = nn.Linear(hidden_size, hidden_size)
 
@@ -78,10 +80,10 @@ class MSPTAttention(nn.Module):
         modality bias in interaction layers); shared_key [H, L, d] -> ([B, L, D], pre-softmax scores or None)."""
         batch, length, _ = hidden_states.shape
         q = self._heads(self.q_proj(hidden_states))
-        if shared_key is None:
-            k = self._heads(self.k_proj(hidden_states))
-        else:
-            k = shared_key.unsqueeze(0).expand(batch, -1, -1, -1)
+        k = None if self.k_proj is None else self._heads(self.k_proj(hidden_states))  # [B, H, L, d]
+        if shared_key is not None:
+            shared = shared_key.unsqueeze(0)  # [1, H, L, d]
+            k = shared.expand(batch, -1, -1, -1) if k is None else k + shared
         v = self._heads(self.v_proj(hidden_states))
         dropout = self.dropout if self.training else 0.0
         if return_scores:
@@ -109,12 +111,12 @@ class MSPTMLP(nn.Module):
 class MSPTLayer(nn.Module):
     """A transformer layer: post-LayerNorm for the BERT stream, pre-LayerNorm for the CLIP stream."""
 
-    def __init__(self, stream_config, interaction: bool, pre_norm: bool):
+    def __init__(self, stream_config, own_key: bool, pre_norm: bool):
         super().__init__()
         c = stream_config
         attn_dropout = getattr(c, "attention_probs_dropout_prob", getattr(c, "attention_dropout", 0.0))
         self.pre_norm = pre_norm
-        self.attention = MSPTAttention(c.hidden_size, c.num_attention_heads, attn_dropout, interaction)
+        self.attention = MSPTAttention(c.hidden_size, c.num_attention_heads, attn_dropout, own_key)
         self.layer_norm1 = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
         self.mlp = MSPTMLP(c.hidden_size, c.intermediate_size, c.hidden_act)
         self.layer_norm2 = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
@@ -135,28 +137,53 @@ class MSPTLayer(nn.Module):
 class MSPTInteractionParameters(nn.Module):
     """One interaction layer's learnable key, shared by both streams, and its two modality attention biases.
 
-    "bank" mode: one key row per position `[heads, max(Lt, Lv), head_dim]`, sliced to each stream's length, so the
-    attention depends on the input and the key learns (fixes D1). "reference" mode: the released code's
-    `[heads, 1, head_dim]` vector broadcast over key positions, which cancels in the softmax (D1; ablation only).
+    "bank" mode: one key row per position `[heads, max(Lt, Lv), head_dim]`, sliced to each stream's length, replaces
+    the streams' own keys, so the attention depends on the input and the key learns (fixes D1). "reference" mode: the
+    released code's `[heads, 1, head_dim]` vector broadcast over key positions, which cancels in the softmax (D1;
+    ablation only). Both start from xavier_uniform_, as the reference (§2.3).
+
+    "additive" mode: each stream keeps its own (pretrained) key projection and the bank is added to it,
+    `K^m_l = W^m_K h^m + bank_l[:L_m]`, so `S^m_l = Q^m (W^m_K h^m)^T / sqrt(d) + Q^m bank_l[:L_m]^T / sqrt(d) + B^m_l`:
+    content attention as in the towers plus a query-dependent term through key directions shared by the two
+    modalities. The bank and both biases start at zero, so an interaction layer starts as exactly the pretrained
+    layer. Why this design: the bank alone carries no content (`q_i . bank_j` depends on the input only through the
+    query) and throws away the towers' trained keys; one key projection shared by both streams would discard one
+    tower's key at initialisation; extra shared key slots (memory tokens) would change the map shape from `L x L`,
+    which the biases and the attention distillation rely on (§2.3). Adding a shared term keeps all three: the
+    pretrained content attention, a key space both streams write to (the bank's gradient is the sum of both streams'
+    key gradients at each position), and `L x L` maps. A zero start does not freeze it: the gradient of the bank at
+    row j is `sum_i dL/dS_ij q_i / sqrt(d)` summed over both streams, non-zero from the first step. The biases are
+    kept rather than left out (the continual trainer gives them their own role and learning rate) and start at zero
+    for the same reason: any non-zero start would change the pretrained layer.
     """
 
     def __init__(self, config: MSPTConfig, heads: int, head_dim: int):
         super().__init__()
         len_t, len_v = config.max_text_length, config.vision_seq_length
-        rows = max(len_t, len_v) if config.shared_key_mode == "bank" else 1
+        self.mode = config.shared_key_mode
+        rows = 1 if self.mode == "reference" else max(len_t, len_v)
         self.shared_key = nn.Parameter(torch.empty(heads, rows, head_dim))
         self.text_attention_bias = nn.Parameter(torch.empty(heads, len_t, len_t))
         self.vision_attention_bias = nn.Parameter(torch.empty(heads, len_v, len_v))
 
+    def reset_parameters(self):
+        """Initialise the key and the biases: zeros in "additive" mode (the layer starts as the pretrained one),
+        xavier_uniform_ otherwise (as the reference, §2.3). Uses `transformers.initialization`, which leaves tensors
+        loaded from a checkpoint untouched; `MSPTPreTrainedModel._init_weights` calls it."""
+        fill = init.zeros_ if self.mode == "additive" else init.xavier_uniform_
+        for p in (self.shared_key, self.text_attention_bias, self.vision_attention_bias):
+            fill(p)
+
     def key(self, length: int) -> torch.Tensor:
-        """The key for a stream of `length` positions: [heads, length, head_dim]."""
+        """The key for a stream of `length` positions (replacing or added to its own key): [heads, length, head_dim]."""
         key = self.shared_key
         return key[:, :length] if key.shape[1] > 1 else key.expand(-1, length, -1)
 
 
 class MSPTEncoder(nn.Module):
     """Both streams, layer by layer, aligned at the top; the last `num_interaction_layers` layers of each stream share
-    one key per layer (`shared_key`) and add a per-modality bias (`text_attention_bias` / `vision_attention_bias`).
+    one key per layer (`shared_key`: instead of their own keys, or added to them in "additive" mode, see
+    `MSPTInteractionParameters`) and add a per-modality bias (`text_attention_bias` / `vision_attention_bias`).
 
     `S^m_l = Q^m_l K_l^T / sqrt(d) + B^m_l + mask` (SPEC §1). The reference computes the text map as
     `(Q K + B) / sqrt(d)` and the vision map as `(Q / sqrt(d)) K + B` (§2.3); we use one form for both streams, which
@@ -168,11 +195,12 @@ class MSPTEncoder(nn.Module):
         t, v = config.text_config, config.vision_config
         n = config.num_interaction_layers
         self.num_interaction_layers = n
+        keep = config.shared_key_mode == "additive"  # interaction layers keep their own key projection
         self.text_layers = nn.ModuleList(
-            [MSPTLayer(t, i >= t.num_hidden_layers - n, pre_norm=False) for i in range(t.num_hidden_layers)]
+            [MSPTLayer(t, keep or i < t.num_hidden_layers - n, pre_norm=False) for i in range(t.num_hidden_layers)]
         )
         self.vision_layers = nn.ModuleList(
-            [MSPTLayer(v, i >= v.num_hidden_layers - n, pre_norm=True) for i in range(v.num_hidden_layers)]
+            [MSPTLayer(v, keep or i < v.num_hidden_layers - n, pre_norm=True) for i in range(v.num_hidden_layers)]
         )
         heads, head_dim = t.num_attention_heads, t.hidden_size // t.num_attention_heads
         self.interaction = nn.ModuleList(

@@ -117,7 +117,7 @@ def load_towers(cls, text_path, vision_path, output_loading_info=False, **config
                 errors.append(f"{name}: no place for it in MSPT")
                 continue
             if dest is None or (dest not in target and dest.endswith(("k_proj.weight", "k_proj.bias"))):
-                unused.append(name)  # pooler, or the self-key of an interaction layer (replaced by the shared key)
+                unused.append(name)  # pooler, or a self-key replaced by the shared key ("bank", "reference" modes)
                 continue
             if dest not in target:
                 errors.append(f"{name} -> {dest}: not in the model")
