@@ -32,6 +32,13 @@ class ModelArguments:
     tiny_num_heads: int = field(default=4, metadata={"help": "Tiny model: attention heads."})
     tiny_image_size: int = field(default=32, metadata={"help": "Tiny model: image side in pixels."})
     tiny_patch_size: int = field(default=8, metadata={"help": "Tiny model: vision patch size in pixels."})
+    hub_task_layout: str = field(
+        default="subfolders",
+        metadata={"help": "With --push_to_hub: where the model after each task goes. subfolders: task-XX/ folders next "
+                          "to the final model (subfolder='task-03'); branches: one branch per task (revision="
+                          "'task-03'), the final model on --hub_revision (default main)."},
+    )  # fmt: skip
+    license: str = field(default="apache-2.0", metadata={"help": "License in the model card's metadata."})
 
 
 @dataclass
@@ -99,25 +106,47 @@ def build_model(args: ModelArguments, benchmark, max_text_length: int):
     return model_class(config), processor
 
 
-def finish_run(trainer, result, benchmark, model_args, data_args, push_to_hub=False):
-    """Final model and processor at the output_dir root, results.json, plots, model card (`write_outputs`, under the
-    output_dir's lock), then the optional Hub push (outside it: the lock file is not uploaded). The other processes
-    wait for the main process at the end of each part, and it reaches them even when its part raised (the error is
-    raised after the barrier): a failure there never leaves them waiting forever."""
+def hub_target(training_args, model_args) -> dict:
+    """`push_run_to_hub`'s keyword arguments for this run (`repo_id`, `token`, `private`, `revision`,
+    `task_layout`), checked before any training: an unsupported `hub_strategy`, a missing or refused token or a repo
+    id that cannot be resolved raise `ValueError` in seconds instead of after the run (`resolve_hub_repo_id`)."""
+    from .reporting import resolve_hub_repo_id
+
+    strategy = getattr(training_args.hub_strategy, "value", training_args.hub_strategy)
+    if strategy != "end":
+        raise ValueError(
+            f"--hub_strategy {strategy} is not supported by the example scripts: they push once, at the end, the "
+            "final model and every task-XX checkpoint (in subfolders or on one branch per task: --hub_task_layout). "
+            "Use --hub_strategy end."
+        )
+    repo_id = resolve_hub_repo_id(training_args.hub_model_id, training_args.output_dir, token=training_args.hub_token)
+    logger.info("The run will be pushed to %s (branch %s, tasks in %s) once it is finished.", repo_id,
+                training_args.hub_revision or "main", model_args.hub_task_layout)  # fmt: skip
+    return dict(repo_id=repo_id, token=training_args.hub_token, private=training_args.hub_private_repo,
+                revision=training_args.hub_revision, task_layout=model_args.hub_task_layout)  # fmt: skip
+
+
+def finish_run(trainer, result, benchmark, model_args, data_args, push_to_hub=False, hub=None):
+    """Final model and processor at the output_dir root, results, plots, model card (`write_outputs`, under the
+    output_dir's lock), then the optional Hub push to `hub` (`hub_target`; outside the lock: the lock file is not
+    uploaded). The other processes wait for the main process at the end of each part, and it reaches them even when
+    its part raised (the error is raised after the barrier): a failure there never leaves them waiting forever."""
     with trainer.output_dir_lock():
         try:
             if trainer.is_world_process_zero():
-                write_outputs(trainer, result, benchmark, model_args, data_args)
+                write_outputs(trainer, result, benchmark, model_args, data_args, hub)
         finally:
             trainer.accelerator.wait_for_everyone()
     if push_to_hub:
-        push_outputs(trainer)
+        push_outputs(trainer, hub)
 
 
-def write_outputs(trainer, result, benchmark, model_args, data_args):
-    """The main process's part of `finish_run`: what a finished run leaves at the output_dir root."""
-    from .reporting import plot_accuracy_matrix, plot_modality_balance, write_model_card, write_results
+def write_outputs(trainer, result, benchmark, model_args, data_args, hub=None):
+    """The main process's part of `finish_run`: what a finished run leaves at the output_dir root. With `hub` (the
+    push target, `hub_target`), the card's loading snippet names the repo and branch the run is pushed to."""
     from .checkpointing import disk_full_is_named
+    from .reporting import (plot_accuracy_matrix, plot_modality_balance, write_all_results, write_model_card,
+                            write_results)  # fmt: skip
 
     args = trainer.args
     out = args.output_dir
@@ -131,21 +160,32 @@ def write_outputs(trainer, result, benchmark, model_args, data_args):
         plot_accuracy_matrix(result.matrix, os.path.join(out, "accuracy_matrix.png"),
                              title=f"{benchmark.name}/{benchmark.config_name}, {args.strategy}")  # fmt: skip
         plot_modality_balance(result.modulation, os.path.join(out, "modality_balance.png"))
-        bases = [m for m in (model_args.text_model, model_args.vision_model) if m]
-        write_model_card(out, results, model_name=os.path.basename(os.path.abspath(out)),
-                         task_type=benchmark.task_type, base_models=bases or None)  # fmt: skip
+        write_all_results(out, results)
+        hub = hub or {}
+        write_model_card(out, results, model_name=hub.get("repo_id", os.path.basename(os.path.abspath(out))),
+                         task_type=benchmark.task_type, base_models=_hub_ids(model_args.text_model,
+                         model_args.vision_model), repo_id=hub.get("repo_id"), revision=hub.get("revision"),
+                         task_layout=hub.get("task_layout", "subfolders"), license=model_args.license,
+                         datasets=_hub_ids(data_args.benchmark))  # fmt: skip
 
 
-def push_outputs(trainer):
-    """Upload the output_dir to `hub_model_id` (main process), once every output is written. The other processes
-    wait at the barrier; the main process reaches it whether or not the push succeeded, then raises its error
-    (`HubPushError`: the run on disk is intact, and how to push it again)."""
+def _hub_ids(*names) -> list[str] | None:
+    """The names that are Hub repo ids (`namespace/name`, not a local folder): what card metadata may link to."""
+    ids = [n for n in names if n and "/" in n and not os.path.exists(n) and n.count("/") == 1]
+    return ids or None
+
+
+def push_outputs(trainer, hub=None):
+    """Upload the output_dir (main process) to `hub` (`hub_target`; the arguments' `hub_model_id` when None) once
+    every output is written. The other processes wait at the barrier; the main process reaches it whether or not
+    the push succeeded, then raises its error (`HubPushError`: the run on disk is intact, and how to push it again)."""
     from .reporting import push_run_to_hub
 
     args = trainer.args
+    hub = hub or dict(repo_id=args.hub_model_id, token=args.hub_token, private=args.hub_private_repo)
     try:
         if trainer.is_world_process_zero():
-            push_run_to_hub(args.output_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private_repo)
+            push_run_to_hub(args.output_dir, **hub)
     finally:
         trainer.accelerator.wait_for_everyone()
 
@@ -162,6 +202,7 @@ DEMO_DEFAULTS = {
     "logging_steps": 0.25,  # a ratio of each task's steps: four loss lines per task
     "save_strategy": "epoch",
     "save_total_limit": 1,
+    "hub_strategy": "end",  # the only one the scripts support (hub_target): one push of the whole run at the end
     "ddp_find_unused_parameters": False,
     "report_to": "none",
     "seed": 0,
@@ -181,7 +222,12 @@ def run(task_type: str, defaults: dict):
         raise ValueError(f"--task_type {training_args.task_type} given to a script that trains {task_type!r}.")
     setup_logging(training_args)
     set_seed(training_args.seed)
+    if model_args.hub_task_layout not in ("subfolders", "branches"):
+        raise ValueError(f"--hub_task_layout must be subfolders or branches, got {model_args.hub_task_layout!r}.")
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # one push at the end (push_outputs)
+    hub = hub_target(training_args, model_args) if push_to_hub else None  # fails here, not after training
+    if not push_to_hub and (training_args.hub_model_id or training_args.hub_revision):
+        logger.warning("--hub_model_id / --hub_revision are set but --push_to_hub is not: nothing will be pushed.")
 
     benchmark = load_data(data_args, task_type, training_args.seed)
     model, processor = build_model(model_args, benchmark, model_args.max_text_length)
@@ -190,9 +236,9 @@ def run(task_type: str, defaults: dict):
         result = trainer.train_tasks(benchmark, resume_from_checkpoint=wants_resume(training_args))
         logger.info("Accuracy matrix (%s, task slices):\n%s", METRIC_NAMES[task_type], format_matrix(result.matrix))
         logger.info("Summary: %s", {k: round(v, 4) for k, v in result.summary.items()})
-        finish_run(trainer, result, benchmark, model_args, data_args)
+        finish_run(trainer, result, benchmark, model_args, data_args, hub=hub)
     if push_to_hub:
-        push_outputs(trainer)
+        push_outputs(trainer, hub)
     return result
 
 

@@ -134,7 +134,7 @@ class HubServer:
             if (repo_type, repo_id) in self.repos:
                 return 409, {"error": "You already created this model repo", "url": url}
             self.repos[(repo_type, repo_id)] = {"main": {}}
-            self.private[(repo_type, repo_id)] = bool(body.get("private"))
+            self.private[(repo_type, repo_id)] = body.get("visibility") == "private" or bool(body.get("private"))
         return 200, {"url": url, "name": repo_id, "id": repo_id}
 
     def _create_branch(self, repo_type: str, repo_id: str, branch: str, body: dict) -> tuple[int, dict]:
