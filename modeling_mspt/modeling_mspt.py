@@ -128,9 +128,7 @@ class MSPTPreTrainedModel(PreTrainedModel):
         if isinstance(module, MSPTVisionEmbeddings):
             init.normal_(module.class_embedding, std=module.class_embedding.shape[0] ** -0.5)
         elif isinstance(module, MSPTInteractionParameters):
-            # xavier_uniform_ as the reference initialises its keys and biases (§2.3).
-            for p in (module.shared_key, module.text_attention_bias, module.vision_attention_bias):
-                init.xavier_uniform_(p)
+            module.reset_parameters()  # zeros in "additive" mode, else xavier_uniform_ as the reference (§2.3)
         elif isinstance(module, MSPTCRF):
             for p in (module.start_transitions, module.end_transitions, module.transitions):
                 init.uniform_(p, -0.1, 0.1)
