@@ -9,8 +9,10 @@ Arguments: ModelArguments and DataArguments (continual_trainer/experiment.py) an
 override the file); `--help` lists them with the defaults below. The paper's α and γ for this benchmark type apply only
 to the mechanisms the `--strategy` preset turns on (continual_trainer.arguments.TASK_HYPERPARAMETERS). The run:
 benchmark -> processor/model -> ContinualTrainer.train_tasks -> outputs (`continual_trainer.experiment.run`).
-Writes to --output_dir: the final model and processor, task-XX/ checkpoints, results.json, accuracy_matrix.png,
-modality_balance.png and a model card.
+Writes to --output_dir: the final model and processor, task-XX/ checkpoints, results.json, all_results.json,
+accuracy_matrix.png, modality_balance.png and a model card. `--push_to_hub true` (with --hub_model_id, --hub_revision,
+--hub_private_repo, --hub_task_layout subfolders|branches) checks the token and repo id before training and pushes
+the run once it is finished.
 """
 
 from continual_trainer.experiment import DEMO_DEFAULTS, run
