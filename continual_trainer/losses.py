@@ -104,6 +104,98 @@ def reference_profile_distillation(student, teacher):
     return (torch.linalg.matrix_norm(F.normalize(diff, dim=-1)) / 100).sum() / student.shape[1]
 
 
+# ------------------------------------------------------------- attention distillation on softmax attention (§4.4)
+ATTENTION_KINDS = ("relative", "probability")
+
+
+def _relative_attention(scores, valid):
+    """R = exp(S - max over valid keys): each valid row's softmax numerator, p_qk / max_k' p_qk' in (0, 1], exactly
+    invariant to a constant added to the row. scores [B, H, L, L] pre-softmax, valid [B, L] bool -> [B, H, L, L], 0 on
+    padded keys and on padded query rows (so their scores reach neither the value nor the gradient)."""
+    key = valid[:, None, None, :]
+    pair = key & valid[:, None, :, None]
+    top = scores.masked_fill(~key, torch.finfo(scores.dtype).min).amax(-1, keepdim=True)  # [B, H, L, 1]
+    return (scores - top).masked_fill(~pair, float("-inf")).exp()
+
+
+def softmax_attention_profiles(maps, valid, pooling="height", attention="relative"):
+    """Pooled profiles of what one modality's attention does: a sequence (layers) of pre-softmax maps [B, H, L, L] and
+    the valid positions valid [B, L] (bool; `MSPTInteractionAttentions.text_mask` / `.vision_mask`) ->
+    [B, layers, P, H, L], P = 1 or 2 (`pooling="both"`: width then height). Zero at padded positions, so profiles of
+    the same rows padded to different lengths agree after cutting / zero-padding the last dimension (the contract of
+    `teacher_cache.TeacherProfiles`). Scores at padded entries are ignored, whatever they are.
+
+    Softmax sees a row of scores only up to a constant, so the scores are first turned into attention:
+    `attention="relative"` (default): R_qk = p_qk / max_k' p_qk' = exp(S_qk - max_k' S_qk'), the softmax numerator;
+    `"probability"`: p_qk itself (softmax over the valid keys). Both are exactly invariant to a constant added to a row
+    (so to one added to every bias), unlike pre-softmax scores.
+
+    Pooling (POD, Douillard et al. 2020): `"height"` sums over queries, giving per key the attention it receives
+    (for probabilities: its attention mass). It is what distinguishes which keys are attended: moving a row's attention
+    to other keys (permuting the row) changes it. `"width"` sums over keys, giving per query Σ_k R_qk = 1 / max_k p_qk,
+    the breadth of its attention (number of keys it effectively attends); it is blind to which keys those are (a
+    permuted row keeps it), so it only complements height. Width pooling of probabilities is 1 on every valid row,
+    carries nothing, and is refused.
+
+    Why "relative" by default: a row's probabilities sum to 1, so attention a student adds to a key is taken, in
+    proportion, from every other key, and ReLU(teacher - student) on probabilities charges every addition as a loss
+    of the same size: on probability profiles the asymmetric loss is not asymmetric. Relative attention keeps the
+    teacher's keys where they were when the student adds attention elsewhere below its row's top key, so that is free,
+    while attention moved away from a key the teacher attended, or a new key overtaking the teacher's top, costs. The
+    price is the other side of the same coin: raising every key to its row's top (uniform attention) is free too.
+    """
+    if attention not in ATTENTION_KINDS:
+        raise ValueError(f"attention={attention!r}; use one of {ATTENTION_KINDS}.")
+    if attention == "probability" and pooling != "height":
+        raise ValueError(f"pooling={pooling!r} with attention='probability': width pooling of probabilities is 1 on "
+                         "every valid query row and carries nothing; use pooling='height'.")  # fmt: skip
+    if pooling not in ("width", "height", "both"):
+        raise ValueError(f"pooling={pooling!r}; use 'height', 'width' or 'both'.")
+    valid = valid.bool()
+    profiles = []
+    for scores in maps:
+        if scores.dim() != 4 or scores.shape[0] != valid.shape[0] or scores.shape[-1] != valid.shape[-1]:
+            raise ValueError(f"maps are [B, H, L, L] and valid [B, L]; got {list(scores.shape)} and "
+                             f"{list(valid.shape)}.")  # fmt: skip
+        a = _relative_attention(scores, valid)
+        if attention == "probability":
+            a = a / a.sum(-1, keepdim=True).clamp_min(torch.finfo(a.dtype).tiny)
+        profiles.append(torch.stack([a.sum(-1 if p == "width" else -2) for p in _poolings(pooling)], 1))
+    return torch.stack(profiles, 1)
+
+
+def softmax_profile_distillation(student, teacher, sample_mask=None):
+    """Asymmetric distillation on profiles [B, layers, P, H, L] (`softmax_attention_profiles`): per sample, layer and
+    pooling, the fraction of the teacher's attention the student lost, Σ_{h,k} ReLU(t - s) / Σ_{h,k} t, in [0, 1];
+    attention the student has beyond the teacher's is free. Mean over samples (those with sample_mask [B] true, if
+    given: e.g. `image_mask` for the vision stream; none counting gives 0 with zero gradients), then over layers, summed
+    over poolings. Zero when student == teacher or student >= teacher; gradient (t > s) / Σ t.
+    """
+    lost = F.relu(teacher - student).flatten(3).sum(-1)  # [B, layers, P]
+    per = lost / teacher.flatten(3).sum(-1).clamp_min(torch.finfo(teacher.dtype).tiny)
+    if sample_mask is None:
+        per = per.mean(0)
+    else:
+        w = sample_mask.to(per.dtype)[:, None, None]
+        per = (per * w).sum(0) / w.sum().clamp_min(1)
+    return per.mean(0).sum()
+
+
+def softmax_attention_distillation(student_maps, teacher_maps, valid, pooling="height", attention="relative",
+                                   sample_mask=None):  # fmt: skip
+    """Asymmetric attention distillation on what attention does (issue 13 item 2; §4.4 with `maps=post_softmax`).
+
+    student_maps / teacher_maps: sequences (interaction layers) of pre-softmax maps [B, H, L, L] of one modality for the
+    same batch; valid [B, L] bool, the valid positions (`MSPTInteractionAttentions.text_mask` / `.vision_mask`).
+    Returns a scalar: `softmax_profile_distillation` of the two `softmax_attention_profiles`.
+    """
+    if len(student_maps) != len(teacher_maps):
+        raise ValueError(f"{len(student_maps)} student layers but {len(teacher_maps)} teacher layers")
+    student = softmax_attention_profiles(student_maps, valid, pooling, attention)
+    teacher = softmax_attention_profiles(teacher_maps, valid, pooling, attention)
+    return softmax_profile_distillation(student, teacher, sample_mask)
+
+
 # ------------------------------------------------------------------------------------------------------ baselines
 def lwf_loss(student_logits, teacher_logits, temperature, valid=None):
     """Learning without Forgetting: T² · KL(softmax(teacher/T) ‖ softmax(student/T)), averaged over the predictions.
