@@ -161,12 +161,14 @@ def write_outputs(trainer, result, benchmark, model_args, data_args, hub=None):
                              title=f"{benchmark.name}/{benchmark.config_name}, {args.strategy}")  # fmt: skip
         plot_modality_balance(result.modulation, os.path.join(out, "modality_balance.png"))
         write_all_results(out, results)
-        hub = hub or {}
-        write_model_card(out, results, model_name=hub.get("repo_id", os.path.basename(os.path.abspath(out))),
-                         task_type=benchmark.task_type, base_models=_hub_ids(model_args.text_model,
-                         model_args.vision_model), repo_id=hub.get("repo_id"), revision=hub.get("revision"),
-                         task_layout=hub.get("task_layout", "subfolders"), license=model_args.license,
-                         datasets=_hub_ids(data_args.benchmark))  # fmt: skip
+        pushed = hub or {}
+        write_model_card(
+            out, results, model_name=pushed.get("repo_id") or os.path.basename(os.path.abspath(out)),
+            task_type=benchmark.task_type, base_models=_hub_ids(model_args.text_model, model_args.vision_model),
+            repo_id=pushed.get("repo_id"), revision=pushed.get("revision"),
+            task_layout=pushed.get("task_layout", "subfolders"), license=model_args.license,
+            datasets=_hub_ids(data_args.benchmark),
+        )
 
 
 def _hub_ids(*names) -> list[str] | None:
@@ -215,6 +217,7 @@ def run(task_type: str, defaults: dict):
     logged matrix -> outputs (finish_run)."""
     from transformers import set_seed
 
+    from .reporting import TASK_LAYOUTS
     from .trainer import ContinualTrainer
 
     model_args, data_args, training_args = parse_arguments({**defaults, "task_type": task_type})
@@ -222,8 +225,8 @@ def run(task_type: str, defaults: dict):
         raise ValueError(f"--task_type {training_args.task_type} given to a script that trains {task_type!r}.")
     setup_logging(training_args)
     set_seed(training_args.seed)
-    if model_args.hub_task_layout not in ("subfolders", "branches"):
-        raise ValueError(f"--hub_task_layout must be subfolders or branches, got {model_args.hub_task_layout!r}.")
+    if model_args.hub_task_layout not in TASK_LAYOUTS:
+        raise ValueError(f"--hub_task_layout must be one of {TASK_LAYOUTS}, got {model_args.hub_task_layout!r}.")
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # one push at the end (push_outputs)
     hub = hub_target(training_args, model_args) if push_to_hub else None  # fails here, not after training
     if not push_to_hub and (training_args.hub_model_id or training_args.hub_revision):

@@ -547,12 +547,14 @@ def push_run_to_hub(output_dir: str, repo_id: str, token: str | None = None, pri
         if task_layout == "branches":  # each task's own branch first: main is still as it was (empty when new)
             for task in tasks:
                 branch = task_branch(task, revision)
+                task_files = [f[len(task) + 1 :] for f in files if f.startswith(task + "/")]
                 api.create_branch(repo_url.repo_id, branch=branch, exist_ok=True, repo_type="model")
                 logger.info("Uploading %s to branch %s of %s", task, branch, repo_url)
                 api.upload_folder(repo_id=repo_url.repo_id, folder_path=os.path.join(output_dir, task),
-                                  allow_patterns=[glob.escape(f.split("/", 1)[1]) for f in files if f.startswith(task + "/")],
+                                  allow_patterns=[glob.escape(f) for f in task_files],
                                   delete_patterns="*",  # the branch holds the task's files only (main's were copied)
-                                  commit_message=f"{commit_message}: {task}", revision=branch, repo_type="model")  # fmt: skip
+                                  commit_message=f"{commit_message}: {task}", revision=branch,
+                                  repo_type="model")  # fmt: skip
         if final != "main":
             api.create_branch(repo_url.repo_id, branch=final, exist_ok=True, repo_type="model")
         pushed = files if task_layout == "subfolders" else sorted(root)
@@ -617,10 +619,14 @@ def resolve_hub_repo_id(hub_model_id: str | None, output_dir: str, token: str | 
     except Exception as err:
         if _is_transient(err) is None:
             raise
-        refused = getattr(getattr(err, "response", None), "status_code", None) == 401
-        what = ("The Hub refused the token (401): give a valid write token with --hub_token, HF_TOKEN or "
-                "`hf auth login`." if refused else f"The Hub at {api.endpoint} could not be reached to check the token "
-                "and resolve the repo id (HF_HUB_OFFLINE set? no network?).")  # fmt: skip
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        if status == 401:
+            what = "The Hub refused the token (401): give a valid write token (--hub_token, HF_TOKEN, `hf auth login`)."
+        elif status is not None:
+            what = f"The Hub at {api.endpoint} answered {status} when asked whose the token is; try again later."
+        else:
+            what = (f"The Hub at {api.endpoint} could not be reached to check the token and resolve the repo id "
+                    "(HF_HUB_OFFLINE set? no network?).")  # fmt: skip
         raise ValueError(f"--push_to_hub true: {what} ({type(err).__name__}: {err}) {later}") from err
     role = me.get("auth", {}).get("accessToken", {}).get("role")
     if role == "read":

@@ -408,7 +408,10 @@ def local_hub(monkeypatch, tmp_path):
         monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
         monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)  # the agent-registry fetch uses it
         # hf_hub_download's file URLs (from_pretrained of a repo id) are built from this template
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+        template = server.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+        # transformers keeps one HfApi, with the endpoint of its first use (an earlier test's server, long gone)
+        monkeypatch.setattr("transformers.utils.hub._hf_api", None, raising=False)
         monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # plain commits, no Xet pipeline
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "agent_harnesses.json"))

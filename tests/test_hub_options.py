@@ -15,10 +15,9 @@ from conftest import make_config
 from continual_trainer.reporting import HubPushError, push_run_to_hub, resolve_hub_repo_id, run_files
 from continual_trainer.state import write_run
 from hub_server import local_hub
+from test_examples import TINY  # the tiny demo run of the example scripts' tests
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--synthetic_num_tasks", "2", "--synthetic_train_per_task", "32", "--synthetic_test_per_task", "16",
-        "--num_train_epochs", "1", "--tiny_hidden_size", "32", "--save_strategy", "no", "--logging_steps", "1"]  # fmt: skip
 IDENTITY = {"name": "synthetic", "config_name": "re", "task_type": "re", "label_names": ["a"], "new_labels": [["a"]],
             "sizes": [[1, 1, 1]]}  # fmt: skip
 
@@ -185,7 +184,7 @@ def no_training(monkeypatch):
     (["--push_to_hub", "true", "--hub_token", "hf_test", "--hub_model_id", "a/b/c"], "--hub_model_id gives"),
     (["--push_to_hub", "true", "--hub_token", "hf_test", "--hub_strategy", "every_save"],
      "--hub_strategy every_save is not supported"),
-    (["--hub_task_layout", "branch"], "--hub_task_layout must be subfolders or branches"),
+    (["--hub_task_layout", "branch"], r"--hub_task_layout must be one of \('subfolders', 'branches'\), got 'branch'"),
 ])  # fmt: skip
 def test_bad_hub_settings_fail_before_training(hub, tmp_path, monkeypatch, no_saved_token, no_training, extra, error):
     # before: --push_to_hub without --hub_model_id crashed with a TypeError after the whole run, and --hub_strategy
