@@ -97,6 +97,11 @@ def test_branches_layout_one_branch_per_task_loads_by_revision(hub, run_dir, tmp
     push_run_to_hub(str(run_dir), "tester/run", token="hf_test", task_layout="branches")
     assert hub.branches("tester/run") == ["main", "task-00", "task-01"]
     assert set(hub.files("tester/run", revision="task-00")) == {f[8:] for f in files if f.startswith("task-00/")}
+    # a repo whose main already holds a run (pushed with subfolders): the new task branches start from it, and
+    # still end up holding their task's files only
+    push_run_to_hub(str(run_dir), "tester/mixed", token="hf_test")
+    push_run_to_hub(str(run_dir), "tester/mixed", token="hf_test", task_layout="branches")
+    assert hub.files("tester/mixed", revision="task-01") == hub.files("tester/run", revision="task-01")
 
 
 def test_subfolders_on_a_revision_of_a_private_repo(hub, run_dir, tmp_path):
