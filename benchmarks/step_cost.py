@@ -7,10 +7,10 @@
 
 A step is what the Trainer's inner loop does per optimizer step (transformers 5.24 `Trainer._run_epoch`):
 `ContinualTrainer.training_step` (forward, the strategy's extra terms, backward, gradient modulation), gradient
-clipping and norm (`_clip_grad_norm`, `_get_grad_norm`), `optimizer.step()`, `lr_scheduler.step()`, `zero_grad()`.
+clipping (`accelerator.clip_grad_norm_`), `optimizer.step()`, `lr_scheduler.step()`, `zero_grad()`.
 The batches are prepared in advance (random token ids and pixels of the shape's sizes), so data loading and the
 processor are not timed; they cost the same for every strategy. The `mspt` step is measured in the state of task 2 or
-later: the frozen teacher is set (`_snapshot_teacher`) and, as in a real run, its pooled attention profiles are cached
+later (`ContinualTrainer.prepare_task`): the frozen teacher is set and, as in a real run, its pooled attention profiles are cached
 for the rows of the batches (`continual_trainer.teacher_cache`, one teacher forward per row per task, timed apart and
 reported amortised over `--epochs`), so the step runs asymmetric attention distillation against the cache, the
 modality scores and the modulation of the gradients; `mspt_live_teacher` runs the teacher forward in every step
@@ -52,7 +52,7 @@ from common import machine, markdown_table
 
 from continual_trainer import ContinualTrainer, ContinualTrainingArguments
 from continual_trainer.arguments import TASK_HYPERPARAMETERS
-from continual_trainer.teacher_cache import ROW_INDEX, TeacherProfiles
+from continual_trainer.teacher_cache import ROW_INDEX
 from modeling_mspt import MSPTConfig, MSPTForRelationExtraction, MSPTForTokenClassification
 
 logger = logging.getLogger("step_cost")
@@ -154,11 +154,12 @@ def build_trainer(model, variant: str, task: str, batch: int, device: str, outpu
     trainer = ContinualTrainer(model=model, args=args)
     trainer.create_optimizer_and_scheduler(num_training_steps=100_000)
     trainer.current_gradient_accumulation_steps = 1  # set by the training loop, which is bypassed here
-    trainer._snapshot_teacher()  # the frozen previous-task model, if the strategy distils (mspt, lwf)
-    if args.ewc_lambda > 0:  # the state after a task: anchors and a diagonal Fisher per trainable parameter
-        params = [p for p in trainer.model.parameters() if p.requires_grad]
-        trainer._ewc_params = params
-        trainer._ewc = ([p.detach().clone() for p in params], [torch.rand_like(p) for p in params])
+    # The state of task 2: the frozen previous-task model if a component needs one (mspt, lwf), each component's
+    # before_task (the paper schedule's coefficients, LwF's labels); the teacher cache is built in `measure`.
+    trainer.prepare_task(1)
+    if "ewc" in trainer.components:  # anchors and a diagonal Fisher per trainable parameter, from a few rows
+        rows = make_batch(model.config, task, 8, torch.Generator().manual_seed(1))
+        trainer.components["ewc"].consolidate([{k: v[i : i + 1].to(device) for k, v in rows.items()} for i in range(8)])
     return trainer
 
 
@@ -166,14 +167,12 @@ def train_step(trainer: ContinualTrainer, batch: dict):
     """One optimizer step, in the order of `Trainer._run_epoch` (no gradient accumulation)."""
     model = trainer.model
     trainer.training_step(model, batch)
-    grad_norm = trainer._clip_grad_norm(model) if trainer.args.max_grad_norm > 0 else None
-    trainer._get_grad_norm(model, grad_norm=grad_norm)
+    if trainer.args.max_grad_norm > 0:
+        trainer.accelerator.clip_grad_norm_(model.parameters(), trainer.args.max_grad_norm)
     trainer.optimizer.step()
     trainer.lr_scheduler.step()
     model.zero_grad()
     trainer.state.global_step += 1
-    trainer._metrics.clear()  # flushed by `log` every logging_steps in a real run
-    trainer._step_records.clear()  # kept per task in a real run: a few floats per step
 
 
 def eval_step(model, batch: dict):
@@ -198,7 +197,7 @@ def _static_bytes(trainer) -> dict:
         "gradients": size(p for p in model.parameters() if p.requires_grad),
         "optimizer_state": size(v for s in state for v in s.values() if torch.is_tensor(v)),
         "teacher": size(trainer.teacher.parameters()) if trainer.teacher is not None else 0,
-        "ewc": size([*trainer._ewc[0], *trainer._ewc[1]]) if trainer._ewc is not None else 0,
+        "ewc": size([*ewc.anchors, *ewc.fisher]) if (ewc := trainer.components.get("ewc")) is not None else 0,
     }
     out["total"] = sum(out.values())
     return out
@@ -243,11 +242,14 @@ class StepParts:
         trainer.model.forward = self._wrap("student_forward", trainer.model.forward)
         if trainer.teacher is not None:
             trainer.teacher.forward = self._wrap("teacher_forward", trainer.teacher.forward)
-        trainer._distillation = self._wrap("distillation", trainer._distillation)
-        trainer._modulate = self._wrap("modulation", trainer._modulate)
+        components = trainer.components
+        if "distillation" in components:
+            components["distillation"].distillation = self._wrap("distillation", components["distillation"].distillation)
+        if "modulation" in components:
+            components["modulation"].before_optimizer_step = self._wrap(
+                "modulation", components["modulation"].before_optimizer_step)
         trainer.accelerator.backward = self._wrap("backward", trainer.accelerator.backward)
-        trainer._clip_grad_norm = self._wrap("clip_and_norm", trainer._clip_grad_norm)
-        trainer._get_grad_norm = self._wrap("clip_and_norm", trainer._get_grad_norm)
+        trainer.accelerator.clip_grad_norm_ = self._wrap("clip_and_norm", trainer.accelerator.clip_grad_norm_)
         trainer.optimizer.step = self._wrap("optimizer_step", trainer.optimizer.step)
 
     def clock(self):
@@ -320,12 +322,11 @@ def measure(shape, task, variants, args) -> dict:
         model = base if variant == variants[-1] else copy.deepcopy(base)  # same initial weights for every variant
         trainers[variant] = build_trainer(model, variant, task, batch_size, device, tmp)
     cache_s = {}
-    for variant, trainer in trainers.items():  # the per-task cache pass, as ContinualTrainer._fit runs it
-        if trainer.teacher is not None and trainer.args.distillation_weight > 0 and trainer.args.cache_teacher_attention:
+    for variant, trainer in trainers.items():  # the per-task cache pass, as a task's fit starts it
+        if "distillation" in trainer.components and trainer.args.cache_teacher_attention:
             _sync(device)
             start = time.perf_counter()
-            trainer._teacher_profiles = TeacherProfiles.from_batches(
-                trainer.teacher, gpu_batches, trainer.args.distillation_pooling, device)
+            trainer.components["distillation"].cache(gpu_batches)
             _sync(device)
             cache_s[variant] = (time.perf_counter() - start) / len(batches)
     eval_model = copy.deepcopy(base).to(device).eval()
@@ -369,7 +370,7 @@ def measure(shape, task, variants, args) -> dict:
             entry["static_bytes"] = _static_bytes(trainers[name])
             if name in cache_s:  # one teacher pass over the task's rows, spread over the task's epochs
                 entry["cache_build_s_per_batch"] = cache_s[name]
-                entry["cache_bytes_per_row"] = trainers[name]._teacher_profiles.nbytes / (len(batches) * batch_size)
+                entry["cache_bytes_per_row"] = trainers[name].components["distillation"].profiles.nbytes / (len(batches) * batch_size)
                 entry["amortised_median_s"] = entry["median_s"] + cache_s[name] / args.epochs
             entry["peak_bytes"] = None if args.no_memory else peak_memory(lambda n=name: run_one(n, 0), device)
         if device == "cuda":

@@ -49,7 +49,11 @@ from continual_trainer.arguments import TASK_HYPERPARAMETERS
 
 logger = logging.getLogger("strategies")
 
-PRESETS = ("finetune", "replay", "ewc", "lwf", "mspt", "joint")
+PRESETS = ("finetune", "replay", "er", "derpp", "er_ace", "ewc", "lwf", "mspt", "joint")
+# EWC's λ and LwF's weight are chosen on the validation splits (`--suite tuning`): the value with the best mean
+# cumulative validation metric after the last task over `--tuning-seeds`; nothing is tuned on test.
+TUNING = {"ewc": ("ewc_lambda", (1.0, 10.0, 100.0, 1000.0, 10000.0)), "lwf": ("lwf_weight", (0.1, 0.3, 1.0, 3.0, 10.0))}
+SWEEP_VERSION = 2  # 2: the strategy seam (components), the teacher-cache fix; part of every run's key
 TASK_DEFAULTS = {  # examples/run_imre.py and run_imner.py; α and γ from the package's one table
     "re": dict(TASK_HYPERPARAMETERS["re"], max_text_length=80),
     "ner": dict(TASK_HYPERPARAMETERS["ner"], max_text_length=128),
@@ -97,16 +101,45 @@ class RunSpec:
 
 
 # ------------------------------------------------------------------------------------------------- the sweep plan
-def plan(args) -> list[RunSpec]:
+def tuned_value(records: list[dict], task: str, strategy: str, seeds) -> float | None:
+    """The grid value of `strategy` with the best mean validation metric (after the last task) over the tuning seeds,
+    on the synthetic `task`; None until every grid value has a run for every seed."""
+    name, values = TUNING[strategy]
+    scores = {}
+    for r in records:
+        if r.get("suite") == "tuning" and r["task"] == task and r["strategy"] == strategy and "validation" in r:
+            if r["seed"] in seeds and r["data"].get("sweep") == SWEEP_VERSION:
+                scores.setdefault(r["training"][name], {})[r["seed"]] = r["validation"]["cumulative"]
+    if any(len(scores.get(v, {})) < len(seeds) for v in values):
+        return None
+    return max(values, key=lambda v: (np.mean(list(scores[v].values())), -values.index(v)))
+
+
+def plan(args, records=()) -> list[RunSpec]:
     specs = []
     data = dict(num_tasks=args.num_tasks, train_per_task=args.train_per_task, test_per_task=args.test_per_task,
-                version=SYNTHETIC_VERSION)  # fmt: skip
+                version=SYNTHETIC_VERSION, sweep=SWEEP_VERSION)  # fmt: skip
     for suite in args.suite:
-        if suite == "presets":
+        if suite == "tuning":
             for task in args.tasks:
-                for seed in args.seeds:
-                    for preset in args.presets:
-                        training = {"num_train_epochs": args.epochs, **_task_training(task, preset)}
+                for strategy in [p for p in args.presets if p in TUNING]:
+                    name, values = TUNING[strategy]
+                    for value in values:
+                        for seed in args.tuning_seeds:
+                            training = {"num_train_epochs": args.epochs, **_task_training(task, strategy), name: value}
+                            specs.append(RunSpec(suite, "synthetic", task, f"{strategy} {name}={value:g}", strategy,
+                                                 seed, data, training, dict(MODEL_DEFAULTS[task])))  # fmt: skip
+        elif suite == "presets":
+            for task in args.tasks:
+                for preset in args.presets:
+                    training = {"num_train_epochs": args.epochs, **_task_training(task, preset)}
+                    if preset in TUNING:
+                        chosen = tuned_value(records, task, preset, args.tuning_seeds)
+                        if chosen is None:
+                            logger.warning("%s/%s: no tuning runs recorded yet (--suite tuning): left out", task, preset)
+                            continue
+                        training[TUNING[preset][0]] = chosen
+                    for seed in args.seeds:
                         specs.append(RunSpec(suite, "synthetic", task, preset, preset, seed, data, training,
                                              dict(MODEL_DEFAULTS[task])))  # fmt: skip
         elif suite == "ablations":
@@ -235,6 +268,8 @@ def run_one(spec: RunSpec, cache_dir: str, imre_dir: str, quick: bool = False) -
     trainer.remove_callback(PrinterCallback)
     try:
         result = trainer.train_tasks(bench)
+        # The validation splits after the last task (all tasks' own validation rows): what tuning compares.
+        validation = trainer.evaluate_task(len(bench.tasks) - 1, split="validation")
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
     modulation = [{k: h[k] for k in ("k_text_mean", "k_vision_mean") if k in h} for h in result.modulation]
@@ -243,6 +278,7 @@ def run_one(spec: RunSpec, cache_dir: str, imre_dir: str, quick: bool = False) -
         "key": spec.key(), **dataclasses.asdict(spec),
         "summary": result.summary, "matrix": result.matrix, "cumulative": result.cumulative,
         "metric": result.task_metrics[-1]["metric"], "modulation": modulation, "rho_vision_mean": rho,
+        "validation": {"cumulative": validation["cumulative"], "slices": validation["slices"]},
         "cumulative_metrics": [m["cumulative_metrics"] for m in result.task_metrics],
         "num_train": [len(t.train) for t in bench.tasks], "wall_s": time.time() - started,
         "cpu_s": time.process_time() - cpu_started, "torch_threads": torch.get_num_threads(),
@@ -280,9 +316,44 @@ def _rows_for(specs, by_key, suite, benchmark, task, variants):
     return {v: rows[v] for v in variants if v in rows}
 
 
-def report(specs: list[RunSpec], records: list[dict]) -> str:
-    by_key = {r["key"]: r for r in records if "summary" in r}
+# two-sided 95% Student t quantiles by degrees of freedom
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 19: 2.093, 29: 2.045}  # fmt: skip
+
+
+def paired_ci(differences) -> str:
+    """mean [95% CI] of paired differences (Student t); "tie" unless the interval excludes 0."""
+    d = np.asarray(differences, dtype=float)
+    if len(d) < 2:
+        return f"{d.mean():+.3f}" if len(d) else "–"
+    half = _T975.get(len(d) - 1, 2.0) * d.std(ddof=1) / np.sqrt(len(d))
+    verdict = "" if abs(d.mean()) > half else " tie"
+    return f"{d.mean():+.3f} [{d.mean() - half:+.3f}, {d.mean() + half:+.3f}]{verdict}"
+
+
+def tuning_report(records: list[dict], seeds) -> list[str]:
     parts = []
+    for task in ("re", "ner"):
+        rows = []
+        for strategy, (name, values) in TUNING.items():
+            chosen = tuned_value(records, task, strategy, seeds)
+            for value in values:
+                got = [r["validation"]["cumulative"] for r in records
+                       if r.get("suite") == "tuning" and r["task"] == task and r["strategy"] == strategy
+                       and r["training"].get(name) == value and r["seed"] in seeds and "validation" in r
+                       and r["data"].get("sweep") == SWEEP_VERSION]  # fmt: skip
+                if got:
+                    rows.append([strategy, f"{name}={value:g}", len(got), f"{np.mean(got):.3f}",
+                                 "**chosen**" if value == chosen else ""])  # fmt: skip
+        if rows:
+            parts.append(f"### tuning: synthetic/{task}, validation metric after the last task (seeds {list(seeds)})"
+                         "\n\n" + markdown_table(["strategy", "value", "seeds", "validation", ""], rows))
+    return parts
+
+
+def report(specs: list[RunSpec], records: list[dict], tuning_seeds=(100,)) -> str:
+    by_key = {r["key"]: r for r in records if "summary" in r}
+    parts = tuning_report(records, tuning_seeds)
     header = ["strategy", "seeds", *METRICS, "wall s / run"]
     groups = [("presets", "synthetic", task, PRESETS, "mspt") for task in ("re", "ner")]
     groups += [("ablations", "synthetic", task, tuple(ABLATIONS), "mspt") for task in ("re", "ner")]
@@ -310,10 +381,10 @@ def report(specs: list[RunSpec], records: list[dict]) -> str:
                 for m in ("final_average", "forgetting"):
                     d = [ref[s]["summary"][m] - runs[s]["summary"][m] for s in seeds]
                     wins = sum(x > 0 for x in d) if m == "final_average" else sum(x < 0 for x in d)
-                    cells += [_fmt(d, signed=True), f"{wins}/{len(seeds)}"]
+                    cells += [paired_ci(d), f"{wins}/{len(seeds)}"]
                 diff_rows.append([v, *cells])
-            parts.append(f"{reference} minus each row, paired by seed (final average: higher is better; "
-                         "forgetting: lower is better):\n\n"
+            parts.append(f"{reference} minus each row, paired by seed, mean [95% CI] (final average: higher is "
+                         "better; forgetting: lower is better):\n\n"
                          + markdown_table(["vs", "Δ final average", f"{reference} higher", "Δ forgetting",
                                            f"{reference} lower"], diff_rows))  # fmt: skip
     planned = {spec.key() for spec in specs}
@@ -325,10 +396,49 @@ def report(specs: list[RunSpec], records: list[dict]) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------- main
+def _with_suite(args, suite):
+    out = argparse.Namespace(**vars(args))
+    out.suite = suite
+    return out
+
+
+def run_specs(planned, args, results_path, cache_dir, imre_dir):
+    """Run the planned runs not recorded yet, `--workers` at a time, appending each record as it finishes."""
+    done = {r["key"] for r in read_jsonl(results_path) if "summary" in r}
+    specs, seen = [], set(done)
+    for spec in planned:
+        if spec.key() not in seen:
+            seen.add(spec.key())
+            specs.append(spec)
+    logger.info("%d runs to do (%d already recorded in %s)", len(specs), len(done), results_path)
+    for spec in specs:  # build each benchmark once, in this process, so the workers only read the cache
+        load_run_benchmark(spec, cache_dir, imre_dir)
+    if any(s.benchmark == "imre" for s in specs):
+        tiny_clip_vision(os.path.join(cache_dir, "tiny-clip-vision-384"))
+    if args.workers > 1:
+        context = multiprocessing.get_context("spawn")  # no fork of a process that already runs torch
+        pool = ProcessPoolExecutor(args.workers, context, initializer=_worker_init, initargs=(cache_dir,))
+        futures = {pool.submit(_safe_run, s, cache_dir, imre_dir, args.quick): s for s in specs}
+        finished = ((futures[f], f.result()) for f in as_completed(futures))
+    else:  # in this process, one run after the other
+        finished = ((s, _safe_run(s, cache_dir, imre_dir, args.quick)) for s in specs)
+    for i, (s, record) in enumerate(finished, 1):
+        append_jsonl(results_path, record)
+        status = (f"final_average {record['summary']['final_average']:.3f} forgetting "
+                  f"{record['summary']['forgetting']:.3f} ({record['wall_s']:.0f} s)"
+                  if "summary" in record else record["error"])  # fmt: skip
+        logger.info("[%d/%d] %s %s/%s %s seed %d: %s", i, len(specs), s.suite, s.benchmark, s.task, s.variant,
+                    s.seed, status)  # fmt: skip
+    if args.workers > 1:
+        pool.shutdown()
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--suite", nargs="+", default=["presets", "ablations", "imre"],
-                        choices=["presets", "ablations", "imre"])  # fmt: skip
+    parser.add_argument("--suite", nargs="+", default=["tuning", "presets", "ablations", "imre"],
+                        choices=["tuning", "presets", "ablations", "imre"])  # fmt: skip
+    parser.add_argument("--tuning-seeds", nargs="+", type=int, default=[100],
+                        help="Seeds of the EWC / LwF grids (other data and initial weights than --seeds).")
     parser.add_argument("--tasks", nargs="+", default=["re", "ner"], choices=["re", "ner"])
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
@@ -364,7 +474,8 @@ def main(argv=None):
         args.num_tasks, args.train_per_task, args.test_per_task, args.epochs = 2, 16, 8, 1
         args.ablation_num_tasks, args.ablation_train_per_task = 2, 16
         args.seeds, args.ablation_seeds = [0], [0]
-        args.presets, args.tasks = ["finetune", "mspt", "joint"], ["re", "ner"]
+        if args.presets == list(PRESETS):  # unless chosen on the command line
+            args.presets = ["finetune", "mspt", "joint"]
         args.ablations = ["shared_key_reference", "sgd"]
         # The IMRE smoke run is meant for the real-format excerpts (--imre-dir tests/fixtures/imre): whole test sets.
         args.imre_train_per_task, args.imre_test_fraction, args.imre_epochs, args.imre_presets = 4, 1.0, 1, ["mspt"]
@@ -375,40 +486,18 @@ def main(argv=None):
     cache_dir = os.path.abspath(args.cache_dir)
     imre_dir = os.path.abspath(args.imre_dir) if args.imre_dir else None
 
-    planned = plan(args)
     if not args.report_only:
-        done = {r["key"] for r in read_jsonl(results_path) if "summary" in r}
-        specs, seen = [], set(done)
-        for spec in planned:
-            if spec.key() not in seen:
-                seen.add(spec.key())
-                specs.append(spec)
-        logger.info("%d runs to do (%d already recorded in %s)", len(specs), len(done), results_path)
         meta_path = os.path.join(args.output_dir, f"{name}_machine.jsonl")
         append_jsonl(meta_path, {"started": time.strftime("%Y-%m-%d %H:%M:%S"), **machine()})
         _worker_init(cache_dir)
-        for spec in specs:  # build each benchmark once, in this process, so the workers only read the cache
-            load_run_benchmark(spec, cache_dir, imre_dir)
-        if any(s.benchmark == "imre" for s in specs):
-            tiny_clip_vision(os.path.join(cache_dir, "tiny-clip-vision-384"))
-        if args.workers > 1:
-            context = multiprocessing.get_context("spawn")  # no fork of a process that already runs torch
-            pool = ProcessPoolExecutor(args.workers, context, initializer=_worker_init, initargs=(cache_dir,))
-            futures = {pool.submit(_safe_run, s, cache_dir, imre_dir, args.quick): s for s in specs}
-            finished = ((futures[f], f.result()) for f in as_completed(futures))
-        else:  # in this process, one run after the other
-            finished = ((s, _safe_run(s, cache_dir, imre_dir, args.quick)) for s in specs)
-        for i, (s, record) in enumerate(finished, 1):
-            append_jsonl(results_path, record)
-            status = (f"final_average {record['summary']['final_average']:.3f} forgetting "
-                      f"{record['summary']['forgetting']:.3f} ({record['wall_s']:.0f} s)"
-                      if "summary" in record else record["error"])  # fmt: skip
-            logger.info("[%d/%d] %s %s/%s %s seed %d: %s", i, len(specs), s.suite, s.benchmark, s.task, s.variant,
-                        s.seed, status)  # fmt: skip
-        if args.workers > 1:
-            pool.shutdown()
+        # The grids first: the presets take EWC's λ and LwF's weight from their validation results.
+        stages = [[s for s in args.suite if s == "tuning"], [s for s in args.suite if s != "tuning"]]
+        for stage in filter(None, stages):
+            run_specs(plan(_with_suite(args, stage), read_jsonl(results_path)), args, results_path, cache_dir,
+                      imre_dir)
+    planned = plan(args, read_jsonl(results_path))
     records = read_jsonl(results_path)
-    table = report(planned, records)
+    table = report(planned, records, args.tuning_seeds)
     with open(os.path.join(args.output_dir, f"{name}.md"), "w", encoding="utf-8") as f:
         f.write(table + "\n")
     print(table)

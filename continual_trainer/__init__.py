@@ -21,7 +21,19 @@ from .reporting import (
     write_results,
 )
 from .state import ContinualState
-from .trainer import ContinualResult, ContinualTrainer, parameter_role
+from .strategies import (
+    COMPONENTS,
+    AsymmetricReplay,
+    AttentionDistillation,
+    ContinualComponent,
+    DarkExperienceReplay,
+    ElasticWeightConsolidation,
+    ExperienceReplay,
+    GradientModulation,
+    InterleavedReplay,
+    LearningWithoutForgetting,
+)
+from .trainer import ContinualResult, ContinualTrainer
 
 __all__ = [
     "ContinualTrainer",
@@ -41,7 +53,16 @@ __all__ = [
     "relation_scores",
     "entity_scores",
     "continual_summary",
-    "parameter_role",
+    "ContinualComponent",
+    "COMPONENTS",
+    "InterleavedReplay",
+    "ExperienceReplay",
+    "DarkExperienceReplay",
+    "AsymmetricReplay",
+    "ElasticWeightConsolidation",
+    "LearningWithoutForgetting",
+    "AttentionDistillation",
+    "GradientModulation",
     "write_results",
     "plot_accuracy_matrix",
     "plot_modality_balance",

@@ -10,20 +10,20 @@ from transformers import TrainingArguments
 # What each `strategy` switches on (SPEC §2). A switch left at None takes the preset's value; a switch set explicitly
 # wins over the preset, so ablations are "a preset minus one switch". A preset's `distillation_weight` > 0 means "on":
 # its value then comes from TASK_HYPERPARAMETERS for the `task_type` (one table for scripts, configs and benchmarks).
+_OFF = dict(gradient_modulation=False, distillation_weight=0.0, memory_per_label=0, replay_mode="interleave",
+            replay_weight=1.0, logit_replay_weight=0.0, asymmetric_replay=False, ewc_lambda=0.0, lwf_weight=0.0)
 STRATEGY_PRESETS = {
-    "finetune": dict(gradient_modulation=False, distillation_weight=0.0, memory_per_label=0, ewc_lambda=0.0,
-                     lwf_weight=0.0),
-    "replay": dict(gradient_modulation=False, distillation_weight=0.0, memory_per_label=6, ewc_lambda=0.0,
-                   lwf_weight=0.0),
-    "ewc": dict(gradient_modulation=False, distillation_weight=0.0, memory_per_label=0, ewc_lambda=100.0,
-                lwf_weight=0.0),
-    "lwf": dict(gradient_modulation=False, distillation_weight=0.0, memory_per_label=0, ewc_lambda=0.0,
-                lwf_weight=1.0),
-    "mspt": dict(gradient_modulation=True, distillation_weight=1.0, memory_per_label=6, ewc_lambda=0.0,
-                 lwf_weight=0.0),
-    "joint": dict(gradient_modulation=False, distillation_weight=0.0, memory_per_label=0, ewc_lambda=0.0,
-                  lwf_weight=0.0),
-}  # fmt: skip
+    "finetune": dict(_OFF),
+    "replay": dict(_OFF, memory_per_label=6),
+    "er": dict(_OFF, memory_per_label=6, replay_mode="batch"),
+    # DER++'s α = 0.1, β = 0.5: Buzzega et al.'s choice for their smallest buffer on Seq-CIFAR-10 (their Table 11).
+    "derpp": dict(_OFF, memory_per_label=6, replay_mode="batch", replay_weight=0.5, logit_replay_weight=0.1),
+    "er_ace": dict(_OFF, memory_per_label=6, replay_mode="batch", asymmetric_replay=True),
+    "ewc": dict(_OFF, ewc_lambda=100.0),
+    "lwf": dict(_OFF, lwf_weight=1.0),
+    "mspt": dict(_OFF, gradient_modulation=True, distillation_weight=1.0, memory_per_label=6),
+    "joint": dict(_OFF),
+}
 # The paper's per-benchmark values (reference notes §7) of the MSPT mechanisms: α of the modulation and γ of the
 # attention distillation. They apply only where the preset (or an explicit switch) turns the mechanism on.
 TASK_HYPERPARAMETERS = {
@@ -36,7 +36,7 @@ _CHOICES = {
     "modulation_schedule": ("paper", "reference"),
     "distillation_pooling": ("width", "height", "both"),
     "distillation_impl": ("asymmetric", "pod", "reference"),
-    "replay_mode": ("interleave", "separate_phase"),
+    "replay_mode": ("interleave", "separate_phase", "batch"),
 }
 
 
@@ -44,8 +44,8 @@ _CHOICES = {
 class ContinualTrainingArguments(TrainingArguments):
     strategy: str = field(
         default="mspt",
-        metadata={"help": "Preset of the switches below: finetune | replay | ewc | lwf | mspt | joint (SPEC §2). "
-                          "`joint` trains once on the union of all tasks (upper bound)."},
+        metadata={"help": "Preset of the switches below: finetune | replay | er | derpp | er_ace | ewc | lwf | mspt | "
+                          "joint (SPEC §2). `joint` trains once on the union of all tasks (upper bound)."},
     )  # fmt: skip
     task_type: str | None = field(
         default=None,
@@ -89,10 +89,28 @@ class ContinualTrainingArguments(TrainingArguments):
         default=None, metadata={"help": "Replay examples kept per label bucket and task (§5; 6 in the paper). "
                                         "0 turns replay off. Default: from `strategy`."}
     )  # fmt: skip
-    replay_mode: str = field(
-        default="interleave",
+    replay_mode: str | None = field(
+        default=None,
         metadata={"help": "`interleave`: memory mixed into each new task's training set. `separate_phase`: extra "
-                          "epochs on the memory alone after each task from the second on (the released code, D20)."},
+                          "epochs on the memory alone after each task from the second on (the released code, D20). "
+                          "`batch`: a memory batch drawn every step beside the incoming one (er, derpp, er_ace). "
+                          "Default: from `strategy`."},
+    )  # fmt: skip
+    replay_batch_size: int | None = field(
+        default=None, metadata={"help": "Rows of the memory batch of `replay_mode='batch'`. Default: "
+                                        "per_device_train_batch_size."}
+    )  # fmt: skip
+    replay_weight: float | None = field(
+        default=None, metadata={"help": "Weight of the memory batch's loss on its labels (`replay_mode='batch'`; "
+                                        "DER++'s β). Default: from `strategy` (1; derpp 0.5)."}
+    )  # fmt: skip
+    logit_replay_weight: float | None = field(
+        default=None, metadata={"help": "DER++'s α: weight of the MSE between a memory batch's logits and those stored "
+                                        "with it. 0 turns it off. Default: from `strategy` (derpp 0.1)."}
+    )  # fmt: skip
+    asymmetric_replay: bool | None = field(
+        default=None, metadata={"help": "ER-ACE: the incoming batch's loss does not see the old labels absent from it. "
+                                        "Default: from `strategy` (er_ace)."}
     )  # fmt: skip
     replay_epochs: float | None = field(
         default=None, metadata={"help": "Epochs of the separate replay phase. Default: `num_train_epochs`."}
@@ -146,7 +164,7 @@ class ContinualTrainingArguments(TrainingArguments):
             self.dataloader_pin_memory = False  # nothing to pin for; torch would warn once per data loader
         super().__post_init__()
         for name, choices in _CHOICES.items():
-            if getattr(self, name) not in choices:
+            if getattr(self, name) not in choices and not (name == "replay_mode" and self.replay_mode is None):
                 raise ValueError(f"`{name}` must be one of {choices}, got {getattr(self, name)!r}.")
         task_values = TASK_HYPERPARAMETERS[self.task_type or "re"]
         for name, value in STRATEGY_PRESETS[self.strategy].items():
@@ -160,8 +178,20 @@ class ContinualTrainingArguments(TrainingArguments):
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
         if self.lwf_temperature <= 0:
             raise ValueError(f"`lwf_temperature` must be > 0, got {self.lwf_temperature}.")
-        if self.replay_mode == "separate_phase" and self.memory_per_label == 0:
-            raise ValueError("`replay_mode='separate_phase'` needs `memory_per_label` > 0.")
+        if self.replay_mode in ("separate_phase", "batch") and self.memory_per_label == 0:
+            raise ValueError(f"`replay_mode={self.replay_mode!r}` needs `memory_per_label` > 0.")
+        for name in ("replay_weight", "logit_replay_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
+        batch_only = [n for n in ("logit_replay_weight", "asymmetric_replay") if getattr(self, n)]
+        if batch_only and self.replay_mode != "batch":
+            raise ValueError(f"{batch_only} act on the memory batch of `replay_mode='batch'`, but replay_mode is "
+                             f"{self.replay_mode!r}: set --replay_mode batch (or --strategy derpp / er_ace).")
+        if self.asymmetric_replay and not self.replay_weight:
+            raise ValueError("`asymmetric_replay` (ER-ACE) trains the old labels through the memory batch's loss: "
+                             "`replay_weight` must be > 0.")
+        if self.replay_batch_size is not None and self.replay_batch_size < 1:
+            raise ValueError(f"`replay_batch_size` must be >= 1, got {self.replay_batch_size}.")
         self.key_learning_rate = self.learning_rate / 10 if self.key_learning_rate is None else self.key_learning_rate
         self.bias_learning_rate = self.bias_learning_rate or self.learning_rate
         self.head_learning_rate = self.head_learning_rate or self.learning_rate

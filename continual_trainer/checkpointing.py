@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 MANIFEST_NAME = "saved_files.json"  # written once a save is complete: every file with its size
 RNG_NAME = "rng_state_{rank}.json"  # each process's random state at the end of a task
 LOCK_NAME = "continual_run.lock"
-EWC_NAME = "ewc.safetensors"  # the EWC anchors and Fisher diagonal of a finished task
+STRATEGY_STATE_NAME = "strategy_state.safetensors"  # the components' tensors of a finished task (EWC, DER++ logits)
 STEP_RECORDS_NAME = "modulation_steps.safetensors"  # a tensor, never a pickle (a checkpoint may come from anyone)
 CHECKPOINT_PATTERN = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
 _DISK_FULL_SIGNS = ("No space left on device", "StorageFull", "inline_container.cc", "PytorchStreamWriter failed",
@@ -224,10 +224,10 @@ def remove_checkpoints(out_dir: str) -> None:
 
 
 # --------------------------------------------------------------------------------------- finished tasks
-def save_task(out_dir: str, state: ContinualState, model, processor, ewc, accelerator) -> None:
-    """A finished task: model, processor, EWC anchors and Fisher (`ewc`, or None), each process's random state,
-    `saved_files.json`, then `continual_state.json` (atomic, last: it marks the task finished). Its mid-task
-    checkpoints go after that."""
+def save_task(out_dir: str, state: ContinualState, model, processor, tensors: dict, accelerator) -> None:
+    """A finished task: model, processor, the strategy components' tensors (`tensors`, name -> tensor: EWC anchors and
+    Fisher, DER++ logits), each process's random state, `saved_files.json`, then `continual_state.json` (atomic, last:
+    it marks the task finished). Its mid-task checkpoints go after that."""
     with disk_full_is_named(out_dir, lambda: f"{out_dir} is not marked finished; its last checkpoint is kept. Free "
                             "some space, then continue with --resume_from_checkpoint true."):  # fmt: skip
         os.makedirs(out_dir, exist_ok=True)
@@ -236,11 +236,8 @@ def save_task(out_dir: str, state: ContinualState, model, processor, ewc, accele
         if accelerator.is_main_process:
             model.save_pretrained(out_dir)
             processor.save_pretrained(out_dir)
-            if ewc is not None:
-                anchors, fisher = ewc
-                tensors = {f"anchor.{i}": a for i, a in enumerate(anchors)}
-                tensors.update({f"fisher.{i}": f for i, f in enumerate(fisher)})
-                save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, os.path.join(out_dir, EWC_NAME))
+            if tensors:
+                save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, os.path.join(out_dir, STRATEGY_STATE_NAME))
             write_manifest(out_dir, recursive=False)
             state.save(out_dir)
     if accelerator.is_main_process:
@@ -248,15 +245,11 @@ def save_task(out_dir: str, state: ContinualState, model, processor, ewc, accele
     accelerator.wait_for_everyone()
 
 
-def load_task(task_folder: str, model, device):
-    """Load a finished task's weights into `model`; returns its (EWC anchors, Fisher) or None."""
+def load_task(task_folder: str, model, device) -> dict:
+    """Load a finished task's weights into `model`; returns the strategy components' tensors ({} if none)."""
     model.load_state_dict(load_file(os.path.join(task_folder, "model.safetensors"), device=str(device)))
-    path = os.path.join(task_folder, EWC_NAME)
-    if not os.path.exists(path):
-        return None
-    tensors = load_file(path, device=str(device))
-    n = len(tensors) // 2
-    return [tensors[f"anchor.{i}"] for i in range(n)], [tensors[f"fisher.{i}"] for i in range(n)]
+    path = os.path.join(task_folder, STRATEGY_STATE_NAME)
+    return load_file(path, device=str(device)) if os.path.exists(path) else {}
 
 
 # --------------------------------------------------------------------------------------- start or resume

@@ -16,7 +16,7 @@ STATE_NAME = "continual_state.json"
 RUN_NAME = "continual_run.json"  # written at the start of a run: what it trains on, checked by a resume
 TASK_MARKER = "continual_task.json"  # in every task-XX folder this package creates: only those are ever deleted
 TASK_DIR_PATTERN = re.compile(r"task-(\d+)")
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: `components` (the strategy components' state) replaces `memory`
 # Training arguments that change no result: where and how often to log and save, progress bars, Hub, data workers.
 NEUTRAL_ARGUMENTS = frozenset({
     "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "run_name", "project", "report_to", "disable_tqdm",
@@ -68,7 +68,7 @@ class ContinualState:
     cumulative: list = field(default_factory=list)  # primary metric on the cumulative test set after task i
     task_metrics: list = field(default_factory=list)  # full metric dicts per task
     modulation: list = field(default_factory=list)  # per task: per-step rho_vision, k_text, k_vision, k applied
-    memory: dict | None = None
+    components: dict = field(default_factory=dict)  # component name -> its state_dict() without tensors
     unreadable_images: dict = field(default_factory=dict)  # images fed as zero images (reference -> why), run so far
     version: int = STATE_VERSION
 

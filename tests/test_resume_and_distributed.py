@@ -82,10 +82,10 @@ def test_cached_teacher_equal_to_the_student_gives_no_distillation_gradient(synt
     model, processor = tiny_setup(bench)
     trainer = ContinualTrainer(model=model, args=tiny_args(tmp_path), processing_class=processor)
     trainer.data_collator = MSPTDataCollator(processor, kind)
-    trainer._snapshot_teacher()
+    trainer.snapshot_teacher()
     model.eval()  # no dropout: the student computes what the teacher computes
     rows = bench.tasks[0].train.add_column(ROW_INDEX, np.arange(len(bench.tasks[0].train)))
-    trainer._teacher_profiles = TeacherProfiles.build(trainer.teacher, rows, trainer.data_collator, "width", 32, "cpu")
+    trainer.components["distillation"].profiles = TeacherProfiles.build(trainer.teacher, rows, trainer.data_collator, "width", 32, "cpu")
     for size in (5, 16):
         for start in range(0, len(rows), size):
             batch = trainer.data_collator([rows[i] for i in range(start, min(start + size, len(rows)))])

@@ -80,7 +80,7 @@ def test_modulation_scales_the_dominant_stream_only(synthetic_benchmarks, tmp_pa
                 out = model(**batch)
             scores = modality_scores(out.text_logits, out.vision_logits, batch["labels"])
             rho, k_text, k_vision = modulation_coefficients(scores[0], scores[1], 0.5)
-            recorded = trainer._step_records[-1]
+            recorded = trainer.components["modulation"].records[-1]
             torch.testing.assert_close(recorded[:3], torch.stack([rho, k_text, k_vision]), rtol=1e-4, atol=1e-6)
             k_text, k_vision = recorded[1], recorded[2]
     assert min(k_text, k_vision).item() < 1 and max(k_text, k_vision).item() == 1
@@ -143,7 +143,7 @@ def test_teacher_is_frozen_during_a_task_and_distillation_is_active(synthetic_be
 def test_mask_unseen_labels_predicts_only_seen_labels(synthetic_benchmarks, tmp_path):
     bench = synthetic_benchmarks["re"]
     trainer, _ = run(bench, tmp_path, "finetune", mask_unseen_labels=True)
-    trainer._set_label_mask(0)
+    trainer._begin_task(bench.tasks[0], None)
     predictions, _, _ = trainer._predict(bench.tasks[0].test)
     seen = {bench.label_names.index(n) for n in bench.seen_labels(0)}
     assert set(predictions.tolist()) <= seen

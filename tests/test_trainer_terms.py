@@ -3,6 +3,7 @@ distillation loss, LwF distils the previously seen labels only, EWC's Fisher is 
 skips its Viterbi decode."""
 
 import copy
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ def _trainer(benchmark, tmp_path, strategy, **kwargs):
 
 def _diverge(trainer):
     """Frozen teacher = the model now; then move the student away from it (eval mode: no dropout)."""
-    trainer._snapshot_teacher()
+    trainer.snapshot_teacher()
     torch.manual_seed(1)
     with torch.no_grad():
         for p in trainer.model.parameters():
@@ -44,10 +45,11 @@ def test_cached_teacher_profiles_give_the_live_teachers_loss(synthetic_benchmark
     batch = trainer.data_collator(rows)
     assert batch[ROW_INDEX].tolist() == [7, 0, 33, 12, 41]
 
-    trainer._teacher_profiles = None
+    distillation = trainer.components["distillation"]
+    distillation.profiles = None
     live = trainer.compute_loss(trainer.model, dict(batch))
     live_term = trainer._metrics["distillation_loss"][-1]
-    trainer._teacher_profiles = profiles
+    distillation.profiles = profiles
     teacher, trainer.teacher = trainer.teacher, _NoCall(trainer.teacher)  # the cached path runs no teacher forward
     cached = trainer.compute_loss(trainer.model, dict(batch))
     trainer.teacher = teacher
@@ -70,37 +72,39 @@ def test_a_task_caches_the_profiles_of_its_rows_and_memory(synthetic_benchmarks,
     bench = synthetic_benchmarks["re"]
     trainer = _trainer(bench, tmp_path, "mspt")
     trainer.train_tasks(bench)
-    rows = len(bench.tasks[2].train) + len(trainer._memory_dataset()) - len(trainer.memory.indices.get(2, []))
-    assert trainer._teacher_profiles.text.shape[0] == rows  # task 3's rows and the memory of tasks 1-2
+    replay = trainer.components["replay"]
+    rows = len(bench.tasks[2].train) + len(replay.memory_dataset()) - len(trainer.memory.indices.get(2, []))
+    assert trainer.components["distillation"].profiles.text.shape[0] == rows  # task 3's rows and the memory of 1-2
     off = _trainer(bench, tmp_path / "off", "mspt", cache_teacher_attention=False)
     off.train_tasks(bench)
-    assert off._teacher_profiles is None
+    assert off.components["distillation"].profiles is None
 
 
 def test_lwf_distils_the_previously_seen_labels_only(synthetic_benchmarks, tmp_path):
     bench = synthetic_benchmarks["re"]
     trainer = _trainer(bench, tmp_path, "lwf")
     _diverge(trainer)
-    trainer._set_label_mask(1)
+    lwf = trainer.components["lwf"]
+    lwf.before_task(bench.tasks[1], None)
     old = {bench.label_names[0], *bench.seen_labels(0)}
-    assert [bench.label_names[i] for i in trainer._old_labels.tolist()] == [n for n in bench.label_names if n in old]
+    assert [bench.label_names[i] for i in lwf.old_labels.tolist()] == [n for n in bench.label_names if n in old]
     batch = trainer.data_collator([bench.tasks[1].train[i] for i in range(8)])
     trainer.compute_loss(trainer.model, dict(batch))
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     with torch.no_grad():
         student, teacher = trainer.model(**inputs).logits, trainer.teacher(**inputs).logits
-    expected = lwf_loss(student[:, trainer._old_labels], teacher[:, trainer._old_labels], 2.0)
+    expected = lwf_loss(student[:, lwf.old_labels], teacher[:, lwf.old_labels], 2.0)
     torch.testing.assert_close(trainer._metrics["lwf_loss"][-1], expected)
     assert not torch.allclose(expected, lwf_loss(student, teacher, 2.0))
-    trainer._set_label_mask(0)
-    assert trainer._old_labels is None
+    lwf.before_task(bench.tasks[0], None)
+    assert lwf.old_labels is None
 
 
 def test_ewc_fisher_is_the_mean_of_per_example_squared_gradients(synthetic_benchmarks, tmp_path):
     bench = synthetic_benchmarks["re"]
     trainer = _trainer(bench, tmp_path, "ewc", ewc_fisher_samples=100)
     rows = bench.tasks[0].train.select(range(12))
-    trainer._update_ewc(rows)
+    trainer.components["ewc"].after_task(SimpleNamespace(train=rows), None)
     model = trainer.model
     params = [p for p in model.parameters() if p.requires_grad]
     per_example = [torch.zeros_like(p) for p in params]
@@ -114,7 +118,7 @@ def test_ewc_fisher_is_the_mean_of_per_example_squared_gradients(synthetic_bench
     model.zero_grad()
     model(**trainer.data_collator([rows[i] for i in range(len(rows))])).loss.backward()
     batch_mean = [p.grad**2 if p.grad is not None else torch.zeros_like(p) for p in params]
-    fisher = trainer._ewc[1]
+    fisher = trainer.components["ewc"].fisher
     for f, expected in zip(fisher, per_example):
         torch.testing.assert_close(f, expected, rtol=1e-4, atol=1e-10)
     total, squared_mean = sum(f.sum() for f in fisher), sum(b.sum() for b in batch_mean)
