@@ -94,7 +94,7 @@ class ContinualTrainer(Trainer):
         return dict(streams)
 
     def create_optimizer(self, model=None):
-        """One group per role and decay (roles from `MSPTPreTrainedModel.parameter_roles`): streams at
+        """One group per stream, learning rate and decay (roles from `MSPTPreTrainedModel.parameter_roles`): streams at
         `learning_rate`, shared keys at `key_learning_rate`, attention biases at `bias_learning_rate`, head and CRF at
         `head_learning_rate` (§7). No decay on norms and biases."""
         if self.optimizer is not None:
@@ -108,9 +108,11 @@ class ContinualTrainer(Trainer):
         groups = defaultdict(list)
         for name, param in self.model.named_parameters():
             if param.requires_grad:
-                groups[(learning_rates[roles[name]], name in decay)].append(param)
-        param_groups = [{"params": params, "lr": lr, "weight_decay": args.weight_decay if decayed else 0.0}
-                        for (lr, decayed), params in groups.items()]  # fmt: skip
+                role = roles[name]
+                groups[(STREAM_OF_ROLE.get(role), learning_rates[role], name in decay)].append(param)
+        # `stream`: the groups whose step the modulation may scale (modulation_target="update").
+        param_groups = [{"params": params, "lr": lr, "weight_decay": args.weight_decay if decayed else 0.0,
+                         "stream": stream} for (stream, lr, decayed), params in groups.items()]  # fmt: skip
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(args, self.model)
         optimizer_kwargs.pop("lr", None)
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
