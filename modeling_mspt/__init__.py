@@ -1,5 +1,6 @@
 """MSPT model, heads, processor and knowledge-graph pipeline, registered with the transformers Auto classes and the
-pipeline registry (task "multimodal-kg-construction") on import."""
+pipeline registry (task "multimodal-kg-construction") on import. Saved checkpoints carry this code for processes
+without the package (`trust_remote_code=True`): every checkpoint the model code, an NER checkpoint also the pipeline."""
 
 from transformers import (
     AutoConfig,

@@ -356,7 +356,14 @@ def _check_labels(labels, num_labels, valid):
 
 class MSPTForRelationExtraction(MSPTPreTrainedModel):
     """Relation classifier on `[h_v_cls ; h_t_cls]` (paper, `re_pooling="cls"`) or `[h_v_cls ; h_t(<s>) ; h_t(<o>)]`
-    (`re_pooling="entity"`), cross-entropy over the full label space (§2.4)."""
+    (`re_pooling="entity"`), cross-entropy over the full label space (§2.4).
+
+    It classifies one marked (head, tail) pair, so `pipeline("text-classification", model=<RE checkpoint>)` is
+    meaningful only on text that carries the markers, `"<s> Ada </s> meets <o> Ben </o>"` (the checkpoint's tokenizer
+    reads them as the marker tokens), and only with `re_pooling="cls"`: that pipeline passes the tokens alone, and the
+    `"entity"` pooling needs `entity_positions`, which it cannot give, so `forward` raises naming the
+    "multimodal-kg-construction" pipeline (entities found or given, every pair marked and classified). Guessing the
+    marker positions here would need the tokenizer's marker ids, which the model does not have."""
 
     def __init__(self, config: MSPTConfig):
         super().__init__(config)
@@ -400,7 +407,12 @@ class MSPTForRelationExtraction(MSPTPreTrainedModel):
             if labels.shape[0] != input_ids.shape[0]:
                 raise ValueError(f"`labels` has batch size {labels.shape[0]} but `input_ids` has {input_ids.shape[0]}.")
         if self.config.re_pooling == "entity" and entity_positions is None:
-            raise ValueError("`entity_positions` is required with config.re_pooling='entity' (MSPTProcessor gives it).")
+            raise ValueError(
+                "`entity_positions` is required with config.re_pooling='entity': MSPTProcessor gives it with "
+                "`head_spans`/`tail_spans`. The 'text-classification' pipeline passes only the tokens, so it cannot "
+                "run this model; for raw posts use pipeline(\"multimodal-kg-construction\", model=<NER checkpoint>, "
+                "re_model=<this checkpoint>, trust_remote_code=True)."
+            )
         out = self.mspt(input_ids, attention_mask, token_type_ids, pixel_values, image_mask, aux_pixel_values,
                         aux_mask, output_interaction_attentions)  # fmt: skip
         text = out.text_last_hidden_state
@@ -426,7 +438,10 @@ class MSPTForRelationExtraction(MSPTPreTrainedModel):
 
 class MSPTForTokenClassification(MSPTPreTrainedModel):
     """NER: emissions from `[h_v_cls + P_i ; h_t_i]` (P_i = text position embedding i, §2.4) and a CRF over the
-    word-start positions (first sub-token of each word), so the tag set is plain BIO."""
+    word-start positions (first sub-token of each word), so the tag set is plain BIO.
+
+    Its checkpoint is the one `transformers.pipeline("multimodal-kg-construction", model=...)` takes (the RE model
+    goes in `re_model=`): `save_pretrained` ships the pipeline with it."""
 
     def __init__(self, config: MSPTConfig):
         super().__init__(config)
@@ -448,6 +463,24 @@ class MSPTForTokenClassification(MSPTPreTrainedModel):
 
     def set_input_embeddings(self, value):
         self.mspt.set_input_embeddings(value)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, with the knowledge-graph pipeline: config.json gets `custom_pipelines`,
+        and `pipeline_mspt.py` (imported below, so copied with this file's other relative imports) lands next to the
+        model code. A process without the package can then run `transformers.pipeline("multimodal-kg-construction",
+        model=<this directory or its Hub repo>, re_model=<RE checkpoint>, trust_remote_code=True)`. The model's own
+        config is left as it was (a continual run compares it with the one it started with)."""
+        from .pipeline_mspt import kg_custom_pipelines  # not at the top: pipeline_mspt imports this module
+
+        before = getattr(self.config, "custom_pipelines", None)
+        self.config.custom_pipelines = {**(before or {}), **kg_custom_pipelines()}
+        try:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            if before is None:
+                del self.config.custom_pipelines
+            else:
+                self.config.custom_pipelines = before
 
     def forward(
         self,

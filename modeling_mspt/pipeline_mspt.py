@@ -1,11 +1,20 @@
 """`MSPTKnowledgeGraphPipeline`: (text, image) posts in, entities and relation triples with provenance out.
 
-Registered as the transformers task ``"multimodal-kg-construction"`` when the package is imported:
+Registered as the transformers task ``"multimodal-kg-construction"`` when the package is imported, and shipped with
+every NER checkpoint (`MSPTForTokenClassification.save_pretrained` writes `custom_pipelines` into config.json and
+copies this file with the modules it imports), so that a process without the package loads it from the checkpoint
+(with the package imported, the loaded config drops that entry and the registered pipeline serves the task, without
+`trust_remote_code`):
 
-    pipe = transformers.pipeline("multimodal-kg-construction", model="outputs/imner", re_model="outputs/imre")
+    pipe = transformers.pipeline("multimodal-kg-construction", model="outputs/imner", re_model="outputs/imre",
+                                 trust_remote_code=True)  # `model`: the NER checkpoint; `re_model`: the RE one
     pipe = MSPTKnowledgeGraphPipeline(model="kg-dir")  # a directory holding ner/ and re/ (`save_pretrained`)
     # (transformers.pipeline loads one model directory: there, pass model="kg-dir/ner", re_model="kg-dir/re")
-    results = pipe([{"id": "1", "text": "coach Ada meets mayor Ben", "image": "1.jpg"}], threshold=0.5)
+    pipe("coach Ada meets mayor Ben")  # one post, text only -> one result
+    pipe([{"id": "1", "text": "coach Ada meets mayor Ben", "image": "1.jpg"}, "Ben visits Rome"], threshold=0.5)
+
+Inputs: a post is a `str` (its text, no image) or a dict `{"text": ..., "image": path | PIL image | None, "id": ...,
+"entity_spans": ...}`; pass one post (one result back) or a list / iterable of posts (a list of results, same order).
 
 Per post: the text is split on whitespace into words; the NER model tags the words (batches of posts) and BIO spans
 become entities; the RE model classifies every ordered pair of entities of the post (all pairs of all posts of a
@@ -18,17 +27,20 @@ Triple: the softmax probability of the predicted relation over the RE label spac
 A post may bring its own entities as `entity_spans` (`[start, end]` or `[start, end, type]` word spans): NER is
 skipped for it (confidence 1) and only the RE stage runs, e.g. to use another entity recogniser or gold entities.
 
-Bad input never stops the other posts: a post without text or that is not a mapping gets `error` and no output; a
+Bad input never stops the other posts. A post without text, with a `text` that is not a string, with bad
+`entity_spans`, or that is neither a string nor a mapping gets `error` (the reason) and no entities or triples. A
 missing or unreadable image file (empty, not an image, truncated, or over PIL's size limit in a format that cannot be
-decoded at reduced scale) is replaced by a zero image (`image_mask=0`, as in training) and the post gets
-`image_missing=True` and a warning. A huge JPEG (a 14000 x 14000 photo) is decoded at reduced scale
-(`processing_mspt.load_image`). Literal marker strings in the text (`<s>`, `</o>`, ...) are read as text. Object crops (`aux_images`) are not used; text beyond a processor's
-`max_length` is not tagged (warned per post).
+decoded at reduced scale) is not an error: the text still carries the post, so the image is replaced by a zero image
+(`image_mask=0`, as in training) and the post gets `image_missing=True` and a warning. Every result has the same
+keys, `error` is `None` for a post that was processed. A huge JPEG (a 14000 x 14000 photo) is decoded at reduced
+scale (`processing_mspt.load_image`). Literal marker strings in the text (`<s>`, `</o>`, ...) are read as text.
+Object crops (`aux_images`) are not used; text beyond a processor's `max_length` is not tagged (warned per post).
 """
 
 import itertools
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -70,8 +82,10 @@ class MSPTKnowledgeGraphPipeline(Pipeline):
     r"""
     Args:
         model: the NER model (`MSPTForTokenClassification`), its directory, or a directory holding `ner/` and `re/`.
+            `transformers.pipeline(KG_TASK, model=...)` takes the NER checkpoint (a directory or a Hub id) here.
         processor: the NER model's `MSPTProcessor` (loaded from the directory when `model` is one).
-        re_model: the RE model (`MSPTForRelationExtraction`) or its directory.
+        re_model: the RE model (`MSPTForRelationExtraction`), its directory or its Hub id (loaded with this
+            module's classes, so with the NER checkpoint's code when the pipeline came from it).
         re_processor: the RE model's `MSPTProcessor` (loaded from `re_model`'s directory when it is one).
         batch_size (`int`, defaults to 16): posts per NER forward pass; `re_batch_size` (defaults to 64): entity
             pairs per RE forward pass. `threshold` (defaults to 0.5): lowest triple confidence kept;
@@ -79,6 +93,7 @@ class MSPTKnowledgeGraphPipeline(Pipeline):
             `progress_bar` (`bool`, defaults to `None` = from 256 posts on); `chunk_size` (defaults to 512): posts
             whose images are held in memory at once. All may be given here or per call.
 
+    Call with one post (a `str` or a dict) or a list / iterable of posts (see the module docstring).
     Returns one dict per post: `id`, `entities` (`text`, `type`, `score`, `provenance` = `post_id`, word `span`
     `[start, end)`, `char_span`, `image`), `triples` (`head`, `head_type`, `relation`, `tail`, `tail_type`, `score`,
     `provenance` = `post_id`, `head_span`, `tail_span`, `image`), `image`, `image_missing`, `warnings`, `error`.
@@ -97,15 +112,19 @@ class MSPTKnowledgeGraphPipeline(Pipeline):
             if re_model is None and os.path.isdir(ner_dir) and os.path.isdir(re_dir):
                 folder, re_model = ner_dir, re_dir
             model = _NERCheckpoint.from_pretrained(folder)
-            processor = processor or MSPTProcessor.from_pretrained(folder)
+            # `config=`: the tokenizer is then found without AutoConfig, which (where the package is not installed)
+            # would stop to ask whether to trust the checkpoint's configuration code
+            processor = processor or MSPTProcessor.from_pretrained(folder, config=model.config)
         if isinstance(re_model, (str, os.PathLike)):
             _check_checkpoint(re_model, "MSPTForRelationExtraction", "re_model")
-            re_processor = re_processor or MSPTProcessor.from_pretrained(re_model)
-            re_model = MSPTForRelationExtraction.from_pretrained(re_model)
+            path, re_model = re_model, MSPTForRelationExtraction.from_pretrained(re_model)
+            re_processor = re_processor or MSPTProcessor.from_pretrained(path, config=re_model.config)
         if re_model is None or processor is None or re_processor is None:
             raise ValueError(
                 "MSPTKnowledgeGraphPipeline needs an NER model and an RE model with their processors: pass "
-                "`model=<ner dir>, re_model=<re dir>` (or `model=<dir with ner/ and re/>`), or the four objects."
+                "`model=<ner dir>, re_model=<re dir>` (also to `transformers.pipeline(\"multimodal-kg-construction\", "
+                "model=<ner dir or Hub id>, re_model=<re dir or Hub id>, trust_remote_code=True)`), "
+                "`model=<dir with ner/ and re/>`, or the four objects."
             )
         for name, loaded, expected in (("model", model, "MSPTForTokenClassification"),
                                        ("re_model", re_model, "MSPTForRelationExtraction")):  # fmt: skip
@@ -150,14 +169,15 @@ class MSPTKnowledgeGraphPipeline(Pipeline):
         return {}, forward, post
 
     def __call__(self, posts, batch_size: int | None = None, num_workers: int | None = None, **kwargs):
-        """`posts`: one post dict or an iterable of them -> one result dict or a list of them (same order).
-        `num_workers` is accepted for compatibility and ignored: posts are prepared in the calling process."""
+        """`posts`: one post (a `str`: its text; or a dict) -> one result dict; a list or other iterable of posts -> a
+        list of results (same order). `num_workers` is accepted for compatibility and ignored: posts are prepared in
+        the calling process."""
         _, forward, post = self._sanitize_parameters(**kwargs)
         forward, post = {**self._forward_params, **forward}, {**self._postprocess_params, **post}
         batch_size = batch_size or self._batch_size or 16
         if batch_size < 1:
             raise ValueError(f"`batch_size`={batch_size}: must be at least 1.")
-        single = isinstance(posts, dict)
+        single = isinstance(posts, (str, bytes, dict)) or not isinstance(posts, Iterable)  # pipe(42): one bad post
         items = iter([posts] if single else posts)
         total = len(posts) if hasattr(posts, "__len__") and not single else None
         show = forward.get("progress_bar")
@@ -176,9 +196,12 @@ class MSPTKnowledgeGraphPipeline(Pipeline):
         return results[0] if single else results
 
     def preprocess(self, post, index: int = 0) -> _Post:
-        """Check a post, split its text into words (with character spans), open its image."""
+        """Check a post (a `str` is its text), split its text into words (with character spans), open its image."""
+        if isinstance(post, str):
+            post = {"text": post}
         if not isinstance(post, dict):
-            state = _Post(index, f"#{index}", error=f"a post must be a dict with `text`, got {type(post).__name__}")
+            state = _Post(index, f"#{index}",
+                          error=f"a post must be a str or a dict with `text`, got {type(post).__name__}")  # fmt: skip
             return _report(state)
         state = _Post(index, str(post["id"]) if post.get("id") is not None else f"#{index}")
         text = post.get("text")
@@ -365,6 +388,15 @@ def _bio_spans(tags: list[str], scores: list[float]) -> list[tuple[int, int, str
         if prefix == "B" or (prefix == "I" and start is None):
             start, kind = i, name
     return spans
+
+
+def kg_custom_pipelines() -> dict:
+    """The `custom_pipelines` entry of an NER checkpoint's config.json (`MSPTForTokenClassification.save_pretrained`):
+    `transformers.pipeline(KG_TASK, model=<checkpoint>, trust_remote_code=True)` imports `impl` from the checkpoint's
+    copy of this file and loads the NER model with the Auto class `pt` (config.json's `auto_map` names the head)."""
+    module = __name__.rsplit(".", 1)[-1]  # "pipeline_mspt", also when imported from a checkpoint's copy
+    return {KG_TASK: {"impl": f"{module}.{MSPTKnowledgeGraphPipeline.__name__}",
+                      "pt": ["AutoModelForTokenClassification"], "type": "multimodal"}}  # fmt: skip
 
 
 if KG_TASK not in PIPELINE_REGISTRY.get_supported_tasks():
