@@ -28,7 +28,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest"],
-        "plots": ["matplotlib"],
+        "plots": ["matplotlib", "networkx"],  # networkx (the graph picture's layout) also comes with torch
         "kg": ["rdflib"],
     },
 )

@@ -13,9 +13,12 @@ the result is scored against their truth. Nothing is trained here: the models co
 
 Writes to `--output_dir` (default `outputs/kg`): `entities.jsonl` (one line per entity text, merged across posts,
 with every mention's provenance), `triples.jsonl` (one line per (head, relation, tail) with its evidence),
-`graph.ttl` (RDF Turtle, vocabulary in modeling_mspt/graph_mspt.py; needs rdflib, the `kg` extra) and
-`report.jsonl` (per post: ok / flagged / failed, with the reason). Bad posts are reported and skipped; a missing
-image is replaced by a zero image and the post flagged.
+`graph.ttl` (RDF Turtle, vocabulary in modeling_mspt/graph_mspt.py; needs rdflib, the `kg` extra), `report.jsonl`
+(per post: ok / flagged / failed, with the reason) and, unless `--picture false`, a picture of the graph: entities
+coloured by type, arrows labelled by relation, at most `--picture_max_nodes` entities (the largest connected groups
+first), as `graph.png` (needs matplotlib, the `plots` extra: without it the PNG is skipped with a note) and
+`graph.html` (self-contained SVG, hover for details, no extra). Bad posts are reported and skipped; a missing image
+is replaced by a zero image and the post flagged.
 """
 
 import json
@@ -27,8 +30,8 @@ import transformers
 from transformers import HfArgumentParser
 
 from datasets_scripts.posts import read_posts, score_posts, synthetic_posts, write_posts
-from modeling_mspt import KG_TASK
-from modeling_mspt.graph_mspt import DEFAULT_BASE_IRI, MSPTKnowledgeGraph, write_jsonl
+from modeling_mspt import KG_TASK, MSPTKnowledgeGraphPipeline
+from modeling_mspt.graph_mspt import DEFAULT_BASE_IRI, PICTURE_MAX_NODES, MSPTKnowledgeGraph, write_jsonl
 
 TRAIN_COMMANDS = {"ner_model": "accelerate launch examples/run_imner.py",
                   "re_model": "accelerate launch examples/run_imre.py"}  # fmt: skip
@@ -50,6 +53,15 @@ class BuildArguments:
     base_iri: str = field(default=DEFAULT_BASE_IRI, metadata={"help": "Base IRI of the RDF graph."})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:1, ..."})
     progress_bar: bool = field(default=True, metadata={"help": "Show a progress bar for long inputs."})
+    picture: bool = field(default=True, metadata={"help": "Draw graph.html, and graph.png when matplotlib is "
+                                                            "installed (the `plots` extra)."})  # fmt: skip
+    picture_max_nodes: int = field(default=PICTURE_MAX_NODES, metadata={"help": "Most entities drawn (the largest "
+                                                                               "connected groups first)."})  # fmt: skip
+
+    def __post_init__(self):
+        if self.picture_max_nodes < 1:
+            raise ValueError(f"--picture_max_nodes {self.picture_max_nodes}: give a positive number of entities, or "
+                             "--picture false for no picture.")  # fmt: skip
 
 
 def check_models(args: BuildArguments):
@@ -83,8 +95,9 @@ def main():
         path, truth = synthetic_input(args)
     posts, read_errors = read_posts(path)
 
+    # pipeline_class: this package's pipeline, not the copy that checkpoints carry for trust_remote_code
     pipe = transformers.pipeline(KG_TASK, model=args.ner_model, re_model=args.re_model, device=args.device,
-                                 batch_size=args.batch_size)  # fmt: skip
+                                 batch_size=args.batch_size, pipeline_class=MSPTKnowledgeGraphPipeline)  # fmt: skip
     results = pipe(posts, threshold=args.threshold, entity_threshold=args.entity_threshold,
                    re_batch_size=args.re_batch_size, progress_bar=None if args.progress_bar else False)  # fmt: skip
 
@@ -97,6 +110,12 @@ def main():
     except ImportError as err:
         rdf_triples = None
         print(f"Turtle not written: {err}")
+    if args.picture:
+        for name, write in (("graph.png", graph.write_png), ("graph.html", graph.write_html)):
+            try:
+                written.append(write(os.path.join(args.output_dir, name), max_nodes=args.picture_max_nodes))
+            except ImportError as err:
+                print(f"{name} skipped: {err}")
     report = [{"id": e.id, "status": "failed", "error": e.error, "where": e.where, "warnings": []} for e in read_errors]
     report += [{"id": r["id"], "status": "failed" if r["error"] else "flagged" if r["warnings"] else "ok",
                 "error": r["error"], "where": path, "warnings": r["warnings"]} for r in results]  # fmt: skip
