@@ -11,6 +11,7 @@ from transformers.configuration_utils import SubConfigSpec
 
 SHARED_KEY_MODES = ("bank", "additive", "reference")
 RE_POOLINGS = ("cls", "entity")
+KG_TASK = "multimodal-kg-construction"  # the task of pipeline_mspt.py, which this file does not import
 
 # Written into every saved config so that a checkpoint loads with any of the Auto classes in a fresh process
 # (trust_remote_code=True) even when it was saved from one particular head.
@@ -100,7 +101,26 @@ class MSPTConfig(PreTrainedConfig):
         if self.label2id is None:
             self.label2id = {name: i for i, name in self.id2label.items()}
         self.auto_map = {**AUTO_MAP, **(self.auto_map or {})}
+        self._drop_registered_pipelines()
         self.validate_architecture()
+
+    def _drop_registered_pipelines(self):
+        """An NER checkpoint names the knowledge-graph pipeline in `custom_pipelines`, for processes without the
+        package (`pipeline(KG_TASK, model=<checkpoint>, trust_remote_code=True)`). Where the task is registered in this
+        process (the package is imported), that entry would make `transformers.pipeline` demand `trust_remote_code`
+        and run the checkpoint's copy of the code: it is dropped, so the registered pipeline serves the task (saving
+        the NER head writes it again)."""
+        pipelines = getattr(self, "custom_pipelines", None)
+        if not pipelines or KG_TASK not in pipelines:
+            return
+        from transformers.pipelines import PIPELINE_REGISTRY
+
+        if KG_TASK in PIPELINE_REGISTRY.get_supported_tasks():
+            others = {task: spec for task, spec in pipelines.items() if task != KG_TASK}
+            if others:
+                self.custom_pipelines = others
+            else:
+                del self.custom_pipelines  # as if never saved: the config's dict does not change
 
     @property
     def vision_seq_length(self) -> int:

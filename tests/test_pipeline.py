@@ -221,7 +221,7 @@ def test_bad_posts_are_reported_by_id_and_the_others_go_through(pipe, posts, tmp
         {"id": "no-image-file", "text": posts[3]["text"], "image": str(tmp_path / "missing.png")},
         {"id": "empty", "text": "   ", "image": None},
         {"id": "no-text", "image": None},
-        "not a post",
+        42,
         {"id": "bad-spans", "text": "coach Ada", "image": None, "entity_spans": [[1, 5]]},
     ]
     (tmp_path / "broken.png").write_bytes(b"not a png")
