@@ -4,6 +4,7 @@ previous task's frozen model, gradient modulation) is a component from `strategi
 """
 
 import contextlib
+import inspect
 import logging
 import os
 import shutil
@@ -16,6 +17,8 @@ from accelerate.utils import gather_object
 from datasets import concatenate_datasets
 from torch.utils.data import DataLoader
 from transformers import Trainer
+from transformers.integrations import TensorBoardCallback
+from transformers.integrations.integration_utils import default_logdir
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from .checkpointing import (
@@ -34,7 +37,8 @@ from .checkpointing import (
     write_manifest,
 )
 from .collator import MSPTDataCollator
-from .metrics import METRIC_DEFINITIONS, continual_summary, score_task
+from .evaluation import ContinualMetrics, call_task_end, reported_step, summary_metrics, task_prefix
+from .metrics import METRIC_DEFINITIONS, continual_summary
 from .replay import ReplayMemory
 from .state import ContinualState, describe_benchmark, mark_task_dir, run_settings, task_dir
 from .strategies import Step, build_components, copy_teacher
@@ -71,7 +75,22 @@ class ContinualTrainer(Trainer):
     loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
 
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+        given = inspect.signature(Trainer.__init__).bind(None, *args, **kwargs).arguments
+        training_args = given.get("args")
+        eval_strategy = getattr(training_args, "eval_strategy", "no")
+        # Without an eval_dataset, `--eval_strategy steps|epoch` evaluates the validation rows of the tasks seen so far
+        # (`evaluate`): HF's check for an eval_dataset, made here, is for the benchmark `train_tasks` will bring.
+        deferred = given.get("eval_dataset") is None and eval_strategy != "no"
+        if deferred:
+            training_args.eval_strategy = "no"
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            if deferred:
+                training_args.eval_strategy = eval_strategy
+        if self.compute_metrics is not None:
+            raise ValueError("ContinualTrainer scores every evaluation with the continual metrics (per task slice, "
+                             "`evaluation.ContinualMetrics`); `compute_metrics` would not be used: leave it unset.")
         self.teacher = None  # the frozen model of the previous task, when a component needs one
         self.benchmark = None
         self.current_task = 0
@@ -80,6 +99,8 @@ class ContinualTrainer(Trainer):
         self._metrics = defaultdict(list)
         self._loss_finite = None  # bool tensor on the loss's device: every loss since the fit began was finite
         self._holding_lock = False
+        self._steps_before_fit, self._fit_started = 0, False  # run_global_step
+        self._step_shown = False  # _run_wide_step
         self.components = build_components(self)
 
     # ------------------------------------------------------------------------------------------- the model's roles
@@ -161,7 +182,8 @@ class ContinualTrainer(Trainer):
             for key, values in self._metrics.items():
                 logs[key] = torch.stack(values).float().mean().item()
             self._metrics.clear()
-        super().log(logs, start_time)
+        with self._run_wide_step():
+            super().log(logs, start_time)
 
     # ------------------------------------------------------------------------------------------- the task loop
     def train_tasks(self, benchmark, resume_from_checkpoint: bool = False) -> ContinualResult:
@@ -191,6 +213,7 @@ class ContinualTrainer(Trainer):
             else:
                 start_run(root, identity, args.strategy, settings, args.overwrite_output_dir, self.accelerator)
                 state, checkpoint = ContinualState(benchmark=identity, strategy=args.strategy), None
+            self._start_step_axis(state)
             try:
                 if args.strategy == "joint":
                     self._train_joint(state, checkpoint)
@@ -201,6 +224,7 @@ class ContinualTrainer(Trainer):
             finally:
                 args.output_dir, args.num_train_epochs = root, self.task_epochs
         summary = continual_summary(state.matrix, state.cumulative)
+        self.log(summary_metrics(summary))
         return ContinualResult(state.matrix, state.cumulative, summary, state.task_metrics, state.modulation,
                                unreadable_images=dict(state.unreadable_images))  # fmt: skip
 
@@ -255,6 +279,7 @@ class ContinualTrainer(Trainer):
         self.train_dataset = dataset
         self._metrics.clear()
         self._loss_finite = None
+        self._steps_before_fit, self._fit_started = self.run_global_step(), True
         self.train(resume_from_checkpoint=checkpoint)
         self._check_finite("the end of the task")
 
@@ -327,7 +352,8 @@ class ContinualTrainer(Trainer):
         if not joint:
             for component in self.components.values():
                 component.after_task(self.benchmark.tasks[k], state)
-        metrics = self.evaluate_task(k)
+        metrics, logged = self._evaluate_task(k)
+        metrics["global_step"] = self.run_global_step()  # where its metrics were logged; a resume continues from it
         state.matrix.append(metrics["slices"])
         state.cumulative.append(metrics["cumulative"])
         state.task_metrics.append(metrics)
@@ -345,6 +371,10 @@ class ContinualTrainer(Trainer):
         self.snapshot_teacher()
         if not joint or k == len(self.benchmark.tasks) - 1:
             save_task(task_dir(self.root_dir, k), state, self.model, self.processing_class, tensors, self.accelerator)
+            with self._run_wide_step():
+                self.control = call_task_end(self.callback_handler.callbacks, self.args, self.state, self.control,
+                                             task_id=k, task_dir=task_dir(self.root_dir, k), metrics=logged,
+                                             model=self.model, processing_class=self.processing_class)  # fmt: skip
 
     def _record_unreadable_images(self, state) -> int:
         """Add the images the collators (of every process) could not read to `state.unreadable_images`; returns how
@@ -417,46 +447,122 @@ class ContinualTrainer(Trainer):
     def evaluate_task(self, k: int, benchmark=None, split: str = "test") -> dict:
         """Evaluate the current model on task k's cumulative test set and on each task slice j <= k (of `benchmark`,
         default the one being trained). `split="validation"`: on the validation rows of tasks 0..k instead (what
-        hyper-parameters are chosen on; never the test rows)."""
+        hyper-parameters are chosen on; never the test rows). Runs `evaluate`, so the metrics are also logged
+        (`test_task_<k+1>_...` / `eval_task_<k+1>_...`, `evaluation.LOGGED_METRICS`); returns `score_task`'s dict."""
         if benchmark is not None:
             self.benchmark = benchmark
             self._eval_collator = MSPTDataCollator(self.processing_class, benchmark.task_type, with_task_ids=True)
+        return self._evaluate_task(k, split)[0]
+
+    def _evaluate_task(self, k: int, split: str = "test") -> tuple[dict, dict]:
+        """(`score_task`'s dict, the metrics as logged)."""
         bench = self.benchmark
         if split == "test":
             rows = bench.tasks[k].test
         elif split == "validation":
-            rows = concatenate_datasets([t.validation for t in bench.tasks[: k + 1]])
+            rows = self._validation_rows(k)
         else:
             raise ValueError(f"evaluate_task: split must be 'test' or 'validation', got {split!r}.")
-        return score_task(bench, k, *self._predict(rows))
+        with self._scoring(k) as scorer:
+            logged = self.evaluate(rows, metric_key_prefix=task_prefix(split, k))
+        return scorer.scores, logged
 
-    def _predict(self, dataset):
-        """Predictions over a dataset, gathered across processes: (predictions, labels, task ids) as numpy arrays.
-        RE predictions are argmax relation ids; NER predictions are Viterbi tags (-100 off word starts)."""
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
+        """`Trainer.evaluate` with the continual metrics (`evaluation.ContinualMetrics`) on benchmark rows, reported at
+        the run-wide step. Without a dataset (and none given to the trainer): the validation rows of the tasks seen so
+        far, which is what `--eval_strategy steps|epoch` evaluates during each task."""
+        if self.benchmark is None:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        if eval_dataset is None and self.eval_dataset is None:
+            eval_dataset = self._validation_rows(self.current_task)
+        scoring = self._scoring(self.current_task)
+        if isinstance(self.compute_metrics, ContinualMetrics):  # evaluate_task chose the task
+            scoring = contextlib.nullcontext()
+        was_training = self.model.training
+        try:
+            with scoring, self._run_wide_step():
+                return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        finally:
+            self.model.train(was_training)
+
+    def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
+        """Benchmark rows through the evaluation collator (it keeps the task ids and decodes the images), in order and
+        all of them (never `dataloader_drop_last`), sharded across processes; the loop gathers them back."""
+        if self.benchmark is None:
+            return super().get_eval_dataloader(eval_dataset)
+        dataset = self.eval_dataset if eval_dataset is None else eval_dataset
         loader = DataLoader(self._eval_collator.undecoded(dataset), batch_size=self.args.per_device_eval_batch_size,
                             shuffle=False, collate_fn=self._eval_collator)  # fmt: skip
-        loader = self.accelerator.prepare_data_loader(loader)
-        model = self.model
-        was_training = model.training
-        model.eval()
+        return self.accelerator.prepare_data_loader(loader)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """One evaluation batch: the model's own loss (the components' terms are training signals: no memory draw, no
+        teacher), predictions `(label ids, task ids)` and labels. RE predictions are argmax relation ids; NER
+        predictions are Viterbi tags (-100 off word starts)."""
+        if self.benchmark is None:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        inputs = self._prepare_inputs(inputs)
+        task_ids, labels = inputs.pop("task_id"), inputs["labels"]
         extra = {} if self._label_mask is None else {"label_mask": self._label_mask}
-        outputs = []
-        with torch.inference_mode():
-            for batch in loader:
-                task_ids, labels = batch.pop("task_id"), batch.pop("labels")
-                out = model(**batch, **extra)
-                pred = out.logits.argmax(-1) if out.logits.dim() == 2 else out.tags
-                if pred.dim() == 2:
-                    pred = self.accelerator.pad_across_processes(pred, dim=1, pad_index=-100)
-                    labels = self.accelerator.pad_across_processes(labels, dim=1, pad_index=-100)
-                outputs.append([t.cpu() for t in self.accelerator.gather_for_metrics((pred, labels, task_ids))])
-        model.train(was_training)
-        if outputs and outputs[0][0].dim() == 2:  # pad NER batches to one width
-            width = max(o[0].shape[1] for o in outputs)
-            for o in outputs:
-                for i in (0, 1):
-                    o[i] = torch.nn.functional.pad(o[i], (0, width - o[i].shape[1]), value=-100)
-        return tuple(torch.cat([o[i] for o in outputs]).numpy() for i in range(3))
+        with torch.no_grad(), self.compute_loss_context_manager():
+            outputs = model(**inputs, **extra)
+        loss = None if outputs.loss is None else outputs.loss.detach().mean()
+        if prediction_loss_only:
+            return loss, None, None
+        predictions = outputs.logits.argmax(-1) if outputs.logits.dim() == 2 else outputs.tags
+        return loss, (predictions, task_ids), labels
+
+    def _predict(self, dataset):
+        """Predictions over a dataset, gathered across processes: (predictions, labels, task ids) as numpy arrays."""
+        was_training = self.model.training
+        try:
+            output = self.evaluation_loop(self.get_eval_dataloader(dataset), "Prediction", prediction_loss_only=False)
+        finally:
+            self.model.train(was_training)
+        (predictions, task_ids), labels = output.predictions, output.label_ids
+        return predictions, labels, task_ids
+
+    def _validation_rows(self, k: int):
+        return concatenate_datasets([t.validation for t in self.benchmark.tasks[: k + 1]])
+
+    @contextlib.contextmanager
+    def _scoring(self, k: int):
+        """`compute_metrics` scores task k's slices inside the block; yields the `ContinualMetrics`."""
+        scorer = ContinualMetrics(self.benchmark, k)
+        self.compute_metrics = scorer
+        try:
+            yield scorer
+        finally:
+            self.compute_metrics = None
+
+    # ------------------------------------------------------------------------------ the run-wide step of the logs
+    def run_global_step(self) -> int:
+        """Optimizer steps since the run began, over every task and phase: the step of every log and evaluation, so
+        that TensorBoard, W&B, trackio, ... draw one axis for the run. Each task's `train()` still counts from 0 in
+        `state.global_step` (its schedule, logging and saving intervals, checkpoint names)."""
+        return self._steps_before_fit + (self.state.global_step if self._fit_started else 0)
+
+    def _start_step_axis(self, state):
+        """At the start of `train_tasks`: the axis continues from the last finished task (a resume) or starts at 0.
+        TensorBoard writes under `output_dir/runs/` (HF's default; each task's fit moves `args.output_dir`)."""
+        done = state.task_metrics[-1].get("global_step", 0) if state.task_metrics else 0
+        self._steps_before_fit, self._fit_started = done, False
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
+                callback.logging_dir = os.path.join(self.root_dir, default_logdir())
+
+    @contextlib.contextmanager
+    def _run_wide_step(self):
+        """`state.global_step` reads `run_global_step()` inside the block (re-entrant: `evaluate` logs)."""
+        if self._step_shown:
+            yield
+            return
+        self._step_shown = True
+        try:
+            with reported_step(self.state, self.run_global_step()):
+                yield
+        finally:
+            self._step_shown = False
 
     # --------------------------------------------------------------------------------------- lock and resume
     @contextlib.contextmanager
