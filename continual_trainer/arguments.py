@@ -34,8 +34,9 @@ _CHOICES = {
     "strategy": tuple(STRATEGY_PRESETS),
     "task_type": (None, "re", "ner"),
     "modulation_schedule": ("paper", "reference"),
-    "distillation_pooling": ("width", "height", "both"),
-    "distillation_impl": ("asymmetric", "pod", "reference"),
+    "distillation_pooling": (None, "width", "height", "both"),
+    "distillation_impl": ("attention", "probability", "asymmetric", "pod", "reference"),
+    "modulation_target": ("update", "gradient"),
     "replay_mode": ("interleave", "separate_phase", "batch"),
 }
 
@@ -65,6 +66,12 @@ class ContinualTrainingArguments(TrainingArguments):
         metadata={"help": "`paper`: per-step coefficients in the first task, then the mean coefficient of the previous "
                           "tasks (§3.2). `reference`: per-step coefficients in every task, as the released code (D5)."},
     )  # fmt: skip
+    modulation_target: str = field(
+        default="update",
+        metadata={"help": "`update`: the dominant stream's step is scaled by k (its learning rate, for that step): "
+                          "acts under AdamW. `gradient`: its gradients are scaled by k (the reference), which AdamW "
+                          "undoes for a constant k (§3.1)."},
+    )  # fmt: skip
     modulation_noise: bool = field(
         default=False,
         metadata={"help": "Add OGM-GE Gaussian noise N(0, std(g)^2) to modulated gradients (never to parameters "
@@ -75,15 +82,21 @@ class ContinualTrainingArguments(TrainingArguments):
                                         "(§4). 0 turns it off. Default: off unless `strategy` turns it on, then the "
                                         "task type's γ (1 for IMRE, 0.1 for IMNER)."}
     )  # fmt: skip
-    distillation_pooling: str = field(
-        default="width", metadata={"help": "Pool the pre-softmax maps over keys (`width`), queries (`height`) or both."}
-    )
+    distillation_pooling: str | None = field(
+        default=None,
+        metadata={"help": "Pool the attention maps over queries (`height`: the attention each key receives), over keys "
+                          "(`width`) or `both`. Default: `height` for the `attention` / `probability` distillation, "
+                          "`width` for the pre-softmax ones."},
+    )  # fmt: skip
     distillation_impl: str = field(
-        default="asymmetric",
-        metadata={"help": "`asymmetric`: ‖ReLU(teacher - student)‖ of the pooled maps, both scaled by the teacher's "
-                          "norm: lost attention costs, added attention is free. `pod`: teacher and student "
-                          "L2-normalised separately (§4.4). `reference`: the released code's loss, whose gradient is "
-                          "zero (D2); for ablations."},
+        default="attention",
+        metadata={"help": "`attention`: on relative attention R = p / max p per row (post-softmax: invariant to a "
+                          "constant added to a row or to every bias); attention the student lost costs, attention "
+                          "added below a row's top is free. `probability`: on post-softmax probabilities. "
+                          "`asymmetric`: ‖ReLU(teacher - student)‖ of the pooled pre-softmax scores scaled by the "
+                          "teacher's norm (the previous default; a bias shift zeroes it). `pod`: pre-softmax, both "
+                          "L2-normalised (§4.4). `reference`: the released code's loss, whose gradient is zero (D2); "
+                          "for ablations."},
     )  # fmt: skip
     memory_per_label: int | None = field(
         default=None, metadata={"help": "Replay examples kept per label bucket and task (§5; 6 in the paper). "
@@ -197,3 +210,8 @@ class ContinualTrainingArguments(TrainingArguments):
         self.head_learning_rate = self.head_learning_rate or self.learning_rate
         if self.replay_epochs is None:
             self.replay_epochs = self.num_train_epochs
+        if self.distillation_pooling is None:
+            self.distillation_pooling = "height" if self.distillation_impl in ("attention", "probability") else "width"
+        if self.distillation_impl == "probability" and self.distillation_pooling != "height":
+            raise ValueError("distillation_impl='probability' pools over queries only (width sums of probabilities "
+                             "are 1): set --distillation_pooling height.")

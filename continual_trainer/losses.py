@@ -166,13 +166,17 @@ def softmax_attention_profiles(maps, valid, pooling="height", attention="relativ
 
 def softmax_profile_distillation(student, teacher, sample_mask=None):
     """Asymmetric distillation on profiles [B, layers, P, H, L] (`softmax_attention_profiles`): per sample, layer and
-    pooling, the fraction of the teacher's attention the student lost, Σ_{h,k} ReLU(t - s) / Σ_{h,k} t, in [0, 1];
-    attention the student has beyond the teacher's is free. Mean over samples (those with sample_mask [B] true, if
-    given: e.g. `image_mask` for the vision stream; none counting gives 0 with zero gradients), then over layers, summed
-    over poolings. Zero when student == teacher or student >= teacher; gradient (t > s) / Σ t.
+    pooling, the squared share of the teacher's attention the student lost, Σ_{h,k} ReLU(t - s)² / Σ_{h,k} t², in
+    [0, 1]; attention the student has beyond the teacher's is free. Mean over samples (those with sample_mask [B] true,
+    if given: e.g. `image_mask` for the vision stream; none counting gives 0 with zero gradients), then over layers,
+    summed over poolings. Zero when student == teacher or student >= teacher; gradient -2 ReLU(t - s) / Σ t².
+
+    Squared, not Σ ReLU(t - s) / Σ t: that one's gradient is 1 / Σ t on every violated entry however small the
+    violation, so rounding-level differences (a cached teacher computed at another padded length) would get full-size
+    gradients, which AdamW turns into full steps; here a violation's gradient shrinks with it.
     """
-    lost = F.relu(teacher - student).flatten(3).sum(-1)  # [B, layers, P]
-    per = lost / teacher.flatten(3).sum(-1).clamp_min(torch.finfo(teacher.dtype).tiny)
+    lost = F.relu(teacher - student).pow(2).flatten(3).sum(-1)  # [B, layers, P]
+    per = lost / teacher.pow(2).flatten(3).sum(-1).clamp_min(torch.finfo(teacher.dtype).tiny)
     if sample_mask is None:
         per = per.mean(0)
     else:

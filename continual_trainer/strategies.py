@@ -46,6 +46,8 @@ from .losses import (
     modulation_coefficients,
     profile_distillation,
     reference_profile_distillation,
+    softmax_attention_profiles,
+    softmax_profile_distillation,
 )
 from .replay import ReplayMemory
 from .teacher_cache import ROW_INDEX, TeacherProfiles
@@ -447,13 +449,25 @@ class LearningWithoutForgetting(ContinualComponent):
 
 # ------------------------------------------------------------------------------------------ the MSPT mechanisms
 class AttentionDistillation(ContinualComponent):
-    """`mspt` (§4): asymmetric distillation of the interaction layers' pooled attention maps from the frozen model of
-    the previous task, weight γ = `distillation_weight`, in the task phase. With `cache_teacher_attention` the
-    teacher's profiles of every row of the fit are computed once (`teacher_cache`) instead of a teacher forward per
-    step; the result is the same."""
+    """`mspt` (§4): asymmetric distillation of the interaction layers' pooled attention from the frozen model of the
+    previous task, weight γ = `distillation_weight`, in the task phase. `distillation_impl`:
+
+    - `"attention"` (default): on what attention does, `losses.softmax_attention_profiles` (relative attention
+      R = p / max p per row, pooled over queries by default: the attention each key receives) and
+      `losses.softmax_profile_distillation` (the share of the teacher's attention the student lost). Exactly invariant
+      to a constant added to a row or to every bias; adding attention below a row's top key is free. Vision rows of
+      samples without an image (`image_mask` 0) do not count.
+    - `"probability"`: the same on post-softmax probabilities (height pooling only; not asymmetric: mass added to
+      one key is taken from the others).
+    - `"asymmetric"` / `"pod"`: the pooled pre-softmax scores (the previous default; a bias shift zeroes them),
+      teacher-normalised / both normalised. `"reference"`: the released code's loss (zero gradient, D2).
+
+    With `cache_teacher_attention` the teacher's profiles of every row of the fit are computed once (`teacher_cache`)
+    instead of a teacher forward per step; the result is the same."""
 
     name = "distillation"
     needs_teacher = True
+    SOFTMAX = {"attention": "relative", "probability": "probability"}
 
     @classmethod
     def wanted(cls, args) -> bool:
@@ -465,6 +479,14 @@ class AttentionDistillation(ContinualComponent):
 
     def active(self, phase: str) -> bool:
         return self.trainer.teacher is not None and phase == "task"
+
+    def pooled(self, maps) -> tuple:
+        """(text, vision) profiles [B, layers, P, H, L] of `MSPTInteractionAttentions` for this `distillation_impl`."""
+        pooling, kind = self.args.distillation_pooling, self.SOFTMAX.get(self.args.distillation_impl)
+        if kind is None:
+            return attention_profiles(maps.text, pooling), attention_profiles(maps.vision, pooling)
+        return (softmax_attention_profiles(maps.text, maps.text_mask, pooling, kind),
+                softmax_attention_profiles(maps.vision, maps.vision_mask, pooling, kind))  # fmt: skip
 
     def before_fit(self, dataset, phase, checkpoint):
         self.profiles = None
@@ -480,8 +502,7 @@ class AttentionDistillation(ContinualComponent):
     def cache(self, batches):
         """Cache the teacher's profiles of `batches` (collated rows in `row_index` order). Public:
         `benchmarks/step_cost.py` prepares a later task's step with it."""
-        self.profiles = TeacherProfiles.from_batches(self.trainer.teacher, batches, self.args.distillation_pooling,
-                                                     self.args.device)  # fmt: skip
+        self.profiles = TeacherProfiles.from_batches(self.trainer.teacher, batches, self.pooled, self.args.device)
 
     def prepare_rows(self, batches: list):
         if self.args.cache_teacher_attention:
@@ -493,18 +514,21 @@ class AttentionDistillation(ContinualComponent):
     def loss_terms(self, step: Step) -> list:
         if not self.active(self.trainer.phase):
             return []
-        pooling, maps = self.args.distillation_pooling, step.outputs.interaction_attentions
-        student = (attention_profiles(maps.text, pooling), attention_profiles(maps.vision, pooling))
+        student = self.pooled(step.outputs.interaction_attentions)
         if self.profiles is not None and step.rows is not None:
-            target = self.profiles.targets(step.rows, *student)
+            rounding = "entry" if self.args.distillation_impl in self.SOFTMAX else "norm"
+            target = self.profiles.targets(step.rows, *student, rounding=rounding)
         else:
-            t = step.teacher_outputs(attentions=True).interaction_attentions
-            target = (attention_profiles(t.text, pooling), attention_profiles(t.vision, pooling))
-        term = sum(self.distillation(a, b) for a, b in zip(student, target))
+            target = self.pooled(step.teacher_outputs(attentions=True).interaction_attentions)
+        image_mask = step.inputs.get("image_mask")
+        masks = (None, None if image_mask is None else image_mask.bool())
+        term = sum(self.distillation(a, b, m) for a, b, m in zip(student, target, masks))
         return [("distillation_loss", self.args.distillation_weight, term)]
 
-    def distillation(self, student_profiles, teacher_profiles):
+    def distillation(self, student_profiles, teacher_profiles, sample_mask=None):
         impl = self.args.distillation_impl
+        if impl in self.SOFTMAX:
+            return softmax_profile_distillation(student_profiles, teacher_profiles, sample_mask)
         if impl == "reference":
             return reference_profile_distillation(student_profiles, teacher_profiles)
         return profile_distillation(student_profiles, teacher_profiles, "teacher" if impl == "asymmetric" else "separate")
@@ -512,11 +536,19 @@ class AttentionDistillation(ContinualComponent):
 
 class GradientModulation(ContinualComponent):
     """`mspt` (§3): OGM-GE. The modality scores of each micro-batch are summed over the optimizer step; once its
-    gradients are complete (all-reduced under DDP), the dominant stream's gradients (its parameters and attention
-    biases, `MSPTPreTrainedModel.parameter_roles`) are scaled by k = 1 - tanh(α·ρ). Paper schedule: per step in the
-    first task, then the mean coefficient of the previous tasks; reference schedule: per step in every task. Every
-    step's (ρ_v, k_text, k_vision, applied k_text, applied k_vision) is recorded (the paper's Fig. 3), saved with each
-    mid-task checkpoint and, per task, in the state."""
+    gradients are complete (all-reduced under DDP), the dominant stream (its parameters and attention biases,
+    `MSPTPreTrainedModel.parameter_roles`) is slowed by k = 1 - tanh(α·ρ). `modulation_target`:
+
+    - `"update"` (default): the stream's step is scaled by k: its optimizer groups' learning rates are multiplied by
+      k for this step only (restored right after it). This is what OGM-GE does under SGD, and it acts under AdamW.
+    - `"gradient"`: its gradients are multiplied by k (the reference, §3.1). Adam's update m/√v does not change when
+      every gradient of a parameter is scaled by the same constant, so under AdamW a constant k is a no-op and a
+      per-step k acts only through its variation from step to step (tests/test_strategies.py measures both).
+
+    Paper schedule: per step in the first task, then the mean coefficient of the previous tasks; reference schedule:
+    per step in every task. Every step's (ρ_v, k_text, k_vision, applied k_text, applied k_vision) is recorded (the
+    paper's Fig. 3), saved with each mid-task checkpoint and, per task, in the state. OGM-GE's noise
+    (`modulation_noise`) goes on the gradients in both targets."""
 
     name = "modulation"
 
@@ -528,6 +560,8 @@ class GradientModulation(ContinualComponent):
         super().__init__(trainer)
         self.params = trainer.stream_parameters()
         self.scores, self.fixed, self.records = None, None, []
+        self._restore = []  # (param group, learning rate) to put back after the optimizer step
+        self._hooked = None  # the optimizer whose step restores them
 
     def before_task(self, task, state):
         """Paper schedule (§3.2): from task 2 on, the mean of the previous tasks' mean coefficients."""
@@ -566,13 +600,33 @@ class GradientModulation(ContinualComponent):
             grads = [p.grad for p in self.params.get(stream, []) if p.grad is not None]
             if not grads:
                 continue
-            torch._foreach_mul_(grads, k)
+            if self.args.modulation_target == "gradient":
+                torch._foreach_mul_(grads, k)
+            else:
+                self._scale_step(stream, k)
             if self.args.modulation_noise:  # OGM-GE noise, seeded per step so every rank and every resume agree
                 g = torch.Generator(grads[0].device).manual_seed(self.args.seed * 100_003 + trainer.state.global_step)
                 for grad in grads:
                     grad.add_(torch.randn(grad.shape, generator=g, device=grad.device) * (grad.std() + 1e-8))
         for name, value in zip(("rho_vision", "k_text", "k_vision"), (rho, *applied)):
             trainer.record_metric(f"modulation/{name}", value)
+
+    def _scale_step(self, stream: str, k: torch.Tensor):
+        """Multiply the learning rate of `stream`'s optimizer groups by k for the coming step only."""
+        optimizer = getattr(self.trainer.optimizer, "optimizer", self.trainer.optimizer)  # accelerate wraps it
+        if self._hooked is not optimizer:
+            optimizer.register_step_post_hook(lambda *_: self._restore_learning_rates())
+            self._hooked = optimizer
+        factor = float(k)  # the learning rate is a Python float: one host sync per step
+        for group in optimizer.param_groups:
+            if group.get("stream") == stream:
+                self._restore.append((group, group["lr"]))
+                group["lr"] = group["lr"] * factor
+
+    def _restore_learning_rates(self):
+        for group, lr in self._restore:
+            group["lr"] = lr
+        self._restore = []
 
     def save_checkpoint(self, folder: str):
         if self.records and self.trainer.is_world_process_zero():

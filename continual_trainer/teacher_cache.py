@@ -25,6 +25,7 @@ from .losses import attention_profiles
 
 ROW_INDEX = "row_index"
 ROUNDING_ULPS = 16  # a cached profile is the live teacher's to within this many ulps of the teacher profile's norm
+ENTRY_ULPS = 64  # ... of an entry, for profiles of post-softmax attention (sums of positive terms)
 
 
 def _fit(profiles: torch.Tensor, length: int) -> torch.Tensor:
@@ -46,24 +47,33 @@ class TeacherProfiles:
         self.text, self.vision = text, vision
 
     @classmethod
-    def build(cls, teacher, dataset, collator, pooling: str, batch_size: int, device) -> "TeacherProfiles":
-        """Run `teacher`'s encoder over `dataset` in order (row i of the result is row i of `dataset`)."""
+    def build(cls, teacher, dataset, collator, profiles, batch_size: int, device) -> "TeacherProfiles":
+        """Run `teacher`'s encoder over `dataset` in order (row i of the result is row i of `dataset`). `profiles`: a
+        pooling name (the pre-softmax profiles of `losses.attention_profiles`) or a function of the encoder's
+        `interaction_attentions` giving the (text, vision) profiles."""
         # A private generator: iterating a DataLoader draws its base seed from the global RNG otherwise.
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator, generator=torch.Generator())
-        return cls.from_batches(teacher, loader, pooling, device)
+        return cls.from_batches(teacher, loader, profiles, device)
 
     @classmethod
     @torch.no_grad()
-    def from_batches(cls, teacher, batches, pooling: str, device) -> "TeacherProfiles":
-        """Profiles of the rows of `batches` (collated model inputs; other keys are ignored), in order."""
+    def from_batches(cls, teacher, batches, profiles, device) -> "TeacherProfiles":
+        """Profiles of the rows of `batches` (collated model inputs; other keys are ignored), in order. `profiles` as in
+        `build`."""
+        if isinstance(profiles, str):
+            pooling = profiles
+
+            def profiles(maps):
+                return attention_profiles(maps.text, pooling), attention_profiles(maps.vision, pooling)
+
         encoder = teacher.base_model
         accepted = set(inspect.signature(encoder.forward).parameters)
         text, vision = [], []
         for batch in batches:
             inputs = {k: v.to(device) for k, v in batch.items() if k in accepted}
-            maps = encoder(**inputs, output_interaction_attentions=True).interaction_attentions
-            text.append(attention_profiles(maps.text, pooling))
-            vision.append(attention_profiles(maps.vision, pooling))
+            t, v = profiles(encoder(**inputs, output_interaction_attentions=True).interaction_attentions)
+            text.append(t)
+            vision.append(v)
         return cls(_concat(text), _concat(vision))
 
     def gather(self, rows: torch.Tensor, text_length: int, vision_length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,22 +81,29 @@ class TeacherProfiles:
         rows = rows.to(self.text.device)
         return _fit(self.text[rows], text_length), _fit(self.vision[rows], vision_length)
 
-    def targets(self, rows: torch.Tensor, student_text: torch.Tensor, student_vision: torch.Tensor):
+    def targets(self, rows: torch.Tensor, student_text: torch.Tensor, student_vision: torch.Tensor,
+                rounding: str = "norm"):
         """The profiles of `rows` as distillation targets of the student's profiles: fitted to their lengths, with
-        rounding-level differences removed (`snap_to_student`)."""
+        rounding-level differences removed (`snap_to_student`, `rounding` as there)."""
         text, vision = self.gather(rows, student_text.shape[-1], student_vision.shape[-1])
-        return snap_to_student(text, student_text), snap_to_student(vision, student_vision)
+        return snap_to_student(text, student_text, rounding), snap_to_student(vision, student_vision, rounding)
 
     @property
     def nbytes(self) -> int:
         return self.text.nbytes + self.vision.nbytes
 
 
-def snap_to_student(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+def snap_to_student(teacher: torch.Tensor, student: torch.Tensor, rounding: str = "norm") -> torch.Tensor:
     """Cached teacher profiles [B, layers, P, H, L] with every entry within rounding of the student's replaced by the
     student's (detached), so that the loss sees no violation there, as with the live teacher (module docstring).
-    Rounding: `ROUNDING_ULPS` ulps of the profile's norm over H·L, the scale the distillation loss divides by."""
+    Rounding, `"norm"`: `ROUNDING_ULPS` ulps of the profile's norm over H·L, the scale the pre-softmax losses divide
+    by (their entries are sums of scores of both signs, whose rounding follows the summands, not the sum). `"entry"`:
+    `ENTRY_ULPS` ulps of the entry itself, for profiles that are sums of positive attention (`softmax_attention_
+    profiles`): there the norm would be far coarser than an entry's rounding and would snap real differences."""
     student = student.detach()
-    scale = teacher.flatten(3).norm(dim=-1)[..., None, None]  # [B, layers, P, 1, 1]
-    close = (teacher - student).abs() <= ROUNDING_ULPS * torch.finfo(teacher.dtype).eps * scale
-    return torch.where(close, student, teacher)
+    eps = torch.finfo(teacher.dtype).eps
+    if rounding == "entry":
+        tolerance = ENTRY_ULPS * eps * torch.maximum(teacher.abs(), student.abs())
+    else:
+        tolerance = ROUNDING_ULPS * eps * teacher.flatten(3).norm(dim=-1)[..., None, None]  # [B, layers, P, 1, 1]
+    return torch.where((teacher - student).abs() <= tolerance, student, teacher)

@@ -85,7 +85,9 @@ def test_cached_teacher_equal_to_the_student_gives_no_distillation_gradient(synt
     trainer.snapshot_teacher()
     model.eval()  # no dropout: the student computes what the teacher computes
     rows = bench.tasks[0].train.add_column(ROW_INDEX, np.arange(len(bench.tasks[0].train)))
-    trainer.components["distillation"].profiles = TeacherProfiles.build(trainer.teacher, rows, trainer.data_collator, "width", 32, "cpu")
+    distillation = trainer.components["distillation"]
+    distillation.profiles = TeacherProfiles.build(trainer.teacher, rows, trainer.data_collator, distillation.pooled, 32,
+                                                  "cpu")  # fmt: skip
     for size in (5, 16):
         for start in range(0, len(rows), size):
             batch = trainer.data_collator([rows[i] for i in range(start, min(start + size, len(rows)))])
@@ -96,11 +98,13 @@ def test_cached_teacher_equal_to_the_student_gives_no_distillation_gradient(synt
 @pytest.mark.slow
 def test_cached_teacher_run_follows_the_live_teacher_run(tmp_path):
     # Before teacher_cache.snap_to_student, the ulp-level gradient above at the first step of task 2 made the runs
-    # part: 5.5e-2 after task 2, 1.1e-1 after task 3. Measured since: identical after tasks 1 and 2, 4e-4 after 3.
+    # part: 5.5e-2 after task 2, 1.1e-1 after task 3 (pre-softmax distillation). With the attention distillation
+    # (squared share lost, whose gradient shrinks with a violation) the cached profiles' rounding grows to 2.8e-5
+    # after task 2 (3.0e-5 without any snapping); the bound keeps a 35x margin and is 50x below the bug.
     cached, live = tmp_path / "cached", tmp_path / "live"
     for out, flags in ((cached, ()), (live, ("--live-teacher",))):
         _run(out, tmp_path / "cache", "--no-dropout", "--epochs", 8, "--drop-last", *flags)
-    for task, bound in (("task-00", 0.0), ("task-01", 1e-5)):
+    for task, bound in (("task-00", 0.0), ("task-01", 1e-3)):
         assert _max_weight_difference(cached, live, task) <= bound, task
 
 

@@ -272,3 +272,43 @@ def test_a_component_plugs_in_and_resumes(synthetic_benchmarks, tmp_path):
     resumed.train_tasks(bench, resume_from_checkpoint=True)  # every task is finished: the state is loaded back
     assert resumed.components["counting"].steps == counting.steps
     assert resumed.components["counting"].tasks == [0, 1, 2]
+
+
+# ------------------------------------------------------------------------------------ modulation target (issue 13)
+def _displacements(bench, tmp_path, target, optim, k_text, steps=6):
+    """How far the text and the vision stream move over `steps` optimizer steps with a fixed k_text (k_vision 1)."""
+    trainer = _trainer(bench, tmp_path / f"{target}-{optim}-{k_text}", "finetune", gradient_modulation=True,
+                       modulation_target=target, optim=optim, learning_rate=1e-4, weight_decay=0.0,
+                       lr_scheduler_type="constant", warmup_steps=0)  # fmt: skip
+    modulation = trainer.components["modulation"]
+    modulation.fixed = (torch.tensor(k_text), torch.tensor(1.0))
+    trainer.create_optimizer_and_scheduler(num_training_steps=100)
+    streams = trainer.stream_parameters()
+    start = {s: [p.detach().clone() for p in ps] for s, ps in streams.items()}
+    model = trainer.model.train()
+    for i in range(steps):
+        trainer.training_step(model, _batch(trainer, bench, task=0, n=8))
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+        model.zero_grad()
+    lrs = [g["lr"] for g in trainer.optimizer.param_groups]
+    moved = {s: torch.sqrt(sum(((p.detach() - p0) ** 2).sum() for p, p0 in zip(streams[s], start[s])))
+             for s in streams}  # fmt: skip
+    return moved, lrs
+
+
+@pytest.mark.parametrize("optim", ["adamw_torch", "sgd"])
+def test_modulation_update_target_scales_the_step_under_adamw_and_sgd(synthetic_benchmarks, tmp_path, optim):
+    bench = synthetic_benchmarks["re"]
+    base, base_lrs = _displacements(bench, tmp_path, "update", optim, 1.0)
+    update, update_lrs = _displacements(bench, tmp_path, "update", optim, 0.3)
+    gradient, _ = _displacements(bench, tmp_path, "gradient", optim, 0.3)
+    # Measured over model seeds 0-4 with 1 and 2 threads (identical): update/AdamW text 0.303-0.305, SGD 0.300-0.301,
+    # vision 1.000-1.001; gradient/AdamW text 0.989-0.991, gradient/SGD 0.300-0.301.
+    assert update_lrs == base_lrs  # the learning rates are restored after every step
+    assert update["text"] / base["text"] == pytest.approx(0.3, rel=0.1)  # the text stream moves 0.3x as far
+    assert update["vision"] / base["vision"] == pytest.approx(1.0, rel=0.1)  # the vision stream as before
+    if optim == "sgd":  # SGD: scaling the gradient scales the step, both targets agree
+        assert gradient["text"] / base["text"] == pytest.approx(0.3, rel=0.1)
+    else:  # AdamW's m / sqrt(v) undoes a constant gradient scale: the reference target does nothing
+        assert gradient["text"] / base["text"] == pytest.approx(1.0, rel=0.05)

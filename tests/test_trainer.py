@@ -68,7 +68,8 @@ def test_modulation_scales_the_dominant_stream_only(synthetic_benchmarks, tmp_pa
         for m in model.modules():  # deterministic forward passes
             if isinstance(m, torch.nn.Dropout):
                 m.p = 0.0
-        args = tiny_args(tmp_path / str(modulate), "finetune", gradient_modulation=modulate, modulation_alpha=0.5)
+        args = tiny_args(tmp_path / str(modulate), "finetune", gradient_modulation=modulate, modulation_alpha=0.5,
+                         modulation_target="gradient")  # the update target: tests/test_strategies.py
         trainer = ContinualTrainer(model=model, args=args, processing_class=processor,
                                    data_collator=MSPTDataCollator(processor, "re"))  # fmt: skip
         trainer.current_gradient_accumulation_steps = 1  # set by the training loop, which this test bypasses

@@ -40,7 +40,8 @@ def test_cached_teacher_profiles_give_the_live_teachers_loss(synthetic_benchmark
     _diverge(trainer)
     dataset = bench.tasks[0].train.add_column(ROW_INDEX, np.arange(len(bench.tasks[0].train)))
     # built in batches of 32, used in batches of 5 rows: other padded lengths than at build time
-    profiles = TeacherProfiles.build(trainer.teacher, dataset, trainer.data_collator, pooling, 32, "cpu")
+    pooled = trainer.components["distillation"].pooled  # what the distillation compares (default: attention)
+    profiles = TeacherProfiles.build(trainer.teacher, dataset, trainer.data_collator, pooled, 32, "cpu")
     rows = [dataset[i] for i in (7, 0, 33, 12, 41)]
     batch = trainer.data_collator(rows)
     assert batch[ROW_INDEX].tolist() == [7, 0, 33, 12, 41]
