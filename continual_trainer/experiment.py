@@ -24,7 +24,12 @@ class ModelArguments:
         default=None, metadata={"help": "CLIP or CLIP-vision checkpoint, e.g. openai/clip-vit-base-patch32."}
     )
     num_interaction_layers: int = field(default=3, metadata={"help": "Last layers sharing the key (§2.3)."})
-    shared_key_mode: str = field(default="bank", metadata={"help": "bank (fixes D1) | reference (D1, ablation)."})
+    shared_key_mode: str = field(
+        default="bank",
+        metadata={"help": "bank: a shared per-position key replaces each stream's key in the interaction layers (fixes "
+                          "D1) | additive: each stream keeps its own key and adds the shared, zero-initialised bank "
+                          "(starts as the pretrained towers) | reference (D1, ablation)."},
+    )  # fmt: skip
     max_text_length: int = field(default=80, metadata={"help": "Sub-token length: 80 for IMRE, 128 for IMNER."})
     re_pooling: str = field(default="cls", metadata={"help": "RE features: cls (paper) | entity."})
     tiny_hidden_size: int = field(default=64, metadata={"help": "Tiny model: hidden size of both streams."})
