@@ -10,7 +10,7 @@ from .losses import (
     modulation_coefficients,
     reference_attention_distillation,
 )
-from .metrics import METRIC_DEFINITIONS, continual_summary, entity_scores, relation_scores
+from .metrics import METRIC_DEFINITIONS, continual_summary, entity_scores, load_metric, metric_path, relation_scores
 from .replay import ReplayMemory
 from .reporting import (
     plot_accuracy_matrix,
@@ -53,6 +53,8 @@ __all__ = [
     "relation_scores",
     "entity_scores",
     "continual_summary",
+    "metric_path",
+    "load_metric",
     "ContinualComponent",
     "COMPONENTS",
     "InterleavedReplay",
