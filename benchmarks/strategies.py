@@ -61,22 +61,25 @@ TASK_DEFAULTS = {  # examples/run_imre.py and run_imner.py; α and γ from the p
 MODEL_DEFAULTS = {"re": {"re_pooling": "entity"}, "ner": {}}  # examples/run_imre.py pools the entity markers
 SYNTHETIC_VERSION = "1.1.0"  # datasets_scripts/synthetic.py: part of every synthetic run's key, so new data reruns
 SGD = dict(optim="sgd", optim_args="momentum=0.9", learning_rate=0.05)
-# name -> (ContinualTrainingArguments overrides, model overrides), all on top of the mspt preset.
+# name -> (ContinualTrainingArguments overrides, model overrides[, preset]); the preset is mspt unless given. The
+# table pairs every row with `replay` by seed (issue 13: each mechanism against replay and the strong baselines).
 ABLATIONS = {
     "mspt": ({}, {}),
+    "replay": ({}, {}, "replay"),
+    "derpp": ({}, {}, "derpp"),
+    "er_ace": ({}, {}, "er_ace"),
     "no_modulation": ({"gradient_modulation": False}, {}),
+    "modulation_gradient": ({"modulation_target": "gradient"}, {}),  # the reference's target (AdamW undoes it)
     "no_distillation": ({"distillation_weight": 0.0}, {}),
-    "no_replay": ({"memory_per_label": 0}, {}),
-    "shared_key_reference": ({}, {"shared_key_mode": "reference"}),
+    "distillation_asymmetric": ({"distillation_impl": "asymmetric"}, {}),  # pre-softmax, the previous default
     "distillation_reference": ({"distillation_impl": "reference"}, {}),
+    "shared_key_additive": ({}, {"shared_key_mode": "additive"}),
+    "shared_key_reference": ({}, {"shared_key_mode": "reference"}),
+    "no_replay": ({"memory_per_label": 0}, {}),
+    "replay_only": ({"gradient_modulation": False, "distillation_weight": 0.0}, {}),
     "schedule_reference": ({"modulation_schedule": "reference"}, {}),
     "sgd": (dict(SGD), {}),
     "sgd_no_modulation": (dict(SGD, gradient_modulation=False), {}),
-    # Not in the issue's list, added to explain the results: replay alone at the ablation sizes; pooling over queries
-    # instead of keys (width sums are shifts of each softmax row, to which attention is invariant); POD (§4.4).
-    "replay_only": ({"gradient_modulation": False, "distillation_weight": 0.0}, {}),
-    "distillation_height": ({"distillation_pooling": "height"}, {}),
-    "distillation_pod": ({"distillation_impl": "pod"}, {}),
 }
 METRICS = ("final_average", "average_incremental", "forgetting", "bwt")
 IMRE_PRESETS = ("finetune", "replay", "mspt")
@@ -101,14 +104,14 @@ class RunSpec:
 
 
 # ------------------------------------------------------------------------------------------------- the sweep plan
-def tuned_value(records: list[dict], task: str, strategy: str, seeds) -> float | None:
+def tuned_value(records: list[dict], task: str, strategy: str, seeds, data: dict) -> float | None:
     """The grid value of `strategy` with the best mean validation metric (after the last task) over the tuning seeds,
-    on the synthetic `task`; None until every grid value has a run for every seed."""
+    on the synthetic `task` with these `data` sizes; None until every grid value has a run for every seed."""
     name, values = TUNING[strategy]
     scores = {}
     for r in records:
         if r.get("suite") == "tuning" and r["task"] == task and r["strategy"] == strategy and "validation" in r:
-            if r["seed"] in seeds and r["data"].get("sweep") == SWEEP_VERSION:
+            if r["seed"] in seeds and r["data"] == data:
                 scores.setdefault(r["training"][name], {})[r["seed"]] = r["validation"]["cumulative"]
     if any(len(scores.get(v, {})) < len(seeds) for v in values):
         return None
@@ -134,7 +137,7 @@ def plan(args, records=()) -> list[RunSpec]:
                 for preset in args.presets:
                     training = {"num_train_epochs": args.epochs, **_task_training(task, preset)}
                     if preset in TUNING:
-                        chosen = tuned_value(records, task, preset, args.tuning_seeds)
+                        chosen = tuned_value(records, task, preset, args.tuning_seeds, data)
                         if chosen is None:
                             logger.warning("%s/%s: no tuning runs recorded yet (--suite tuning): left out", task, preset)
                             continue
@@ -147,10 +150,11 @@ def plan(args, records=()) -> list[RunSpec]:
             for task in args.ablation_tasks:
                 for seed in args.ablation_seeds:
                     for name in args.ablations:
-                        train_over, model_over = ABLATIONS[name]
+                        train_over, model_over, *preset = ABLATIONS[name]
+                        preset = preset[0] if preset else "mspt"
                         training = {"num_train_epochs": args.ablation_epochs or args.epochs,
-                                    **_task_training(task, "mspt"), **train_over}  # fmt: skip
-                        specs.append(RunSpec(suite, "synthetic", task, name, "mspt", seed, abl_data, training,
+                                    **_task_training(task, preset), **train_over}  # fmt: skip
+                        specs.append(RunSpec(suite, "synthetic", task, name, preset, seed, abl_data, training,
                                              {**MODEL_DEFAULTS[task], **model_over}))  # fmt: skip
         elif suite == "imre":
             imre_data = dict(config="sep5", train_per_task=args.imre_train_per_task)
@@ -331,17 +335,19 @@ def paired_ci(differences) -> str:
     return f"{d.mean():+.3f} [{d.mean() - half:+.3f}, {d.mean() + half:+.3f}]{verdict}"
 
 
-def tuning_report(records: list[dict], seeds) -> list[str]:
+def tuning_report(records: list[dict], seeds, data: dict | None) -> list[str]:
     parts = []
+    if data is None:
+        return parts
     for task in ("re", "ner"):
         rows = []
         for strategy, (name, values) in TUNING.items():
-            chosen = tuned_value(records, task, strategy, seeds)
+            chosen = tuned_value(records, task, strategy, seeds, data)
             for value in values:
                 got = [r["validation"]["cumulative"] for r in records
                        if r.get("suite") == "tuning" and r["task"] == task and r["strategy"] == strategy
                        and r["training"].get(name) == value and r["seed"] in seeds and "validation" in r
-                       and r["data"].get("sweep") == SWEEP_VERSION]  # fmt: skip
+                       and r["data"] == data]  # fmt: skip
                 if got:
                     rows.append([strategy, f"{name}={value:g}", len(got), f"{np.mean(got):.3f}",
                                  "**chosen**" if value == chosen else ""])  # fmt: skip
@@ -353,12 +359,14 @@ def tuning_report(records: list[dict], seeds) -> list[str]:
 
 def report(specs: list[RunSpec], records: list[dict], tuning_seeds=(100,)) -> str:
     by_key = {r["key"]: r for r in records if "summary" in r}
-    parts = tuning_report(records, tuning_seeds)
+    data = next((s.data for s in specs if s.suite in ("tuning", "presets")), None)
+    parts = tuning_report(records, tuning_seeds, data)
     header = ["strategy", "seeds", *METRICS, "wall s / run"]
-    groups = [("presets", "synthetic", task, PRESETS, "mspt") for task in ("re", "ner")]
-    groups += [("ablations", "synthetic", task, tuple(ABLATIONS), "mspt") for task in ("re", "ner")]
-    groups += [("imre", "imre", "re", PRESETS, "mspt")]
-    for suite, benchmark, task, variants, reference in groups:
+    # (suite, benchmark, task, rows, reference, sign): sign +1 tabulates reference minus each row, -1 each row minus it
+    groups = [("presets", "synthetic", task, PRESETS, "mspt", 1) for task in ("re", "ner")]
+    groups += [("ablations", "synthetic", task, tuple(ABLATIONS), "replay", -1) for task in ("re", "ner")]
+    groups += [("imre", "imre", "re", PRESETS, "mspt", 1)]
+    for suite, benchmark, task, variants, reference, sign in groups:
         rows = _rows_for(specs, by_key, suite, benchmark, task, variants)
         if not rows:
             continue
@@ -379,14 +387,16 @@ def report(specs: list[RunSpec], records: list[dict], tuning_seeds=(100,)) -> st
                 seeds = sorted(set(ref) & set(runs))
                 cells = []
                 for m in ("final_average", "forgetting"):
-                    d = [ref[s]["summary"][m] - runs[s]["summary"][m] for s in seeds]
+                    d = [sign * (ref[s]["summary"][m] - runs[s]["summary"][m]) for s in seeds]
                     wins = sum(x > 0 for x in d) if m == "final_average" else sum(x < 0 for x in d)
                     cells += [paired_ci(d), f"{wins}/{len(seeds)}"]
                 diff_rows.append([v, *cells])
-            parts.append(f"{reference} minus each row, paired by seed, mean [95% CI] (final average: higher is "
-                         "better; forgetting: lower is better):\n\n"
-                         + markdown_table(["vs", "Δ final average", f"{reference} higher", "Δ forgetting",
-                                           f"{reference} lower"], diff_rows))  # fmt: skip
+            first, second = (reference, "each row") if sign > 0 else ("each row", reference)
+            better = reference if sign > 0 else "row"
+            parts.append(f"{first} minus {second}, paired by seed, mean [95% CI] (final average: higher is "
+                         "better; forgetting: lower is better; \"tie\" when the interval holds 0):\n\n"
+                         + markdown_table(["row", "Δ final average", f"{better} higher", "Δ forgetting",
+                                           f"{better} lower"], diff_rows))  # fmt: skip
     planned = {spec.key() for spec in specs}
     failed = [r for r in records if "error" in r and r["key"] in planned and r["key"] not in by_key]
     if failed:
@@ -447,8 +457,8 @@ def main(argv=None):
     parser.add_argument("--test-per-task", type=int, default=100)
     parser.add_argument("--epochs", type=float, default=20)
     parser.add_argument("--ablations", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS))
-    parser.add_argument("--ablation-tasks", nargs="+", default=["re"], choices=["re", "ner"])
-    parser.add_argument("--ablation-seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--ablation-tasks", nargs="+", default=["re", "ner"], choices=["re", "ner"])
+    parser.add_argument("--ablation-seeds", nargs="+", type=int, default=list(range(10)))
     parser.add_argument("--ablation-num-tasks", type=int, default=3)
     parser.add_argument("--ablation-train-per-task", type=int, default=200)
     parser.add_argument("--ablation-epochs", type=float, default=None, help="Default: --epochs.")
@@ -476,7 +486,7 @@ def main(argv=None):
         args.seeds, args.ablation_seeds = [0], [0]
         if args.presets == list(PRESETS):  # unless chosen on the command line
             args.presets = ["finetune", "mspt", "joint"]
-        args.ablations = ["shared_key_reference", "sgd"]
+        args.ablations, args.ablation_tasks = ["shared_key_reference", "sgd"], ["re"]
         # The IMRE smoke run is meant for the real-format excerpts (--imre-dir tests/fixtures/imre): whole test sets.
         args.imre_train_per_task, args.imre_test_fraction, args.imre_epochs, args.imre_presets = 4, 1.0, 1, ["mspt"]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
