@@ -27,7 +27,7 @@ setup(
         "aiohttp",  # datasets downloads the real split files over http(s) through fsspec
     ],
     extras_require={
-        "test": ["pytest"],
+        "test": ["pytest", "tensorboard"],  # tensorboard: the report_to test reads its event file back
         "plots": ["matplotlib", "networkx"],  # networkx (the graph picture's layout) also comes with torch
         "kg": ["rdflib"],
     },
