@@ -68,6 +68,20 @@ def test_sigkill_mid_task_then_resume_matches_uninterrupted(reference_run):
     assert not list((out / "task-01").glob("checkpoint-*"))  # cleaned up once the task finished
 
 
+@pytest.mark.slow
+def test_derpp_killed_mid_task_resumes_exactly(tmp_path):
+    # DER++'s state: the memory, the logits stored at each task's end (strategy_state.safetensors), and memory
+    # batches drawn by (seed, task, step, micro-batch, rank), so a resumed step draws what it drew before.
+    _run(tmp_path / "uninterrupted", tmp_path / "cache", "--strategy", "derpp")
+    crashed = _run(tmp_path / "killed", tmp_path / "cache", "--strategy", "derpp", "--kill-at-step", 5, check=False)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    _run(tmp_path / "killed", tmp_path / "cache", "--strategy", "derpp", "--resume")
+    expected, got = _result(tmp_path / "uninterrupted"), _result(tmp_path / "killed")
+    assert got["accuracy_matrix"] == expected["accuracy_matrix"]
+    assert got["summary"] == pytest.approx(expected["summary"], abs=1e-9)
+    assert _max_weight_difference(tmp_path / "uninterrupted", tmp_path / "killed", "task-02") == 0.0
+
+
 @pytest.mark.parametrize("kind", ["re", "ner"])
 def test_cached_teacher_equal_to_the_student_gives_no_distillation_gradient(synthetic_benchmarks, tmp_path, kind):
     # The first step of a task: the student is the teacher. The live teacher, computed in the same batch, is bitwise

@@ -42,6 +42,7 @@ def main():
     parser.add_argument("--drop-last", action="store_true", help="drop incomplete batches (DDP pads them otherwise)")
     parser.add_argument("--live-teacher", action="store_true", help="cache_teacher_attention=False")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (another summation order than 1)")
+    parser.add_argument("--strategy", default="mspt")
     a = parser.parse_args()
     torch.set_num_threads(a.threads)
     bench = load_benchmark("synthetic", "re", cache_dir=a.cache_dir, num_tasks=3, train_per_task=48,
@@ -53,7 +54,7 @@ def main():
                 module.p = 0.0
             elif isinstance(getattr(module, "dropout", None), float):
                 module.dropout = 0.0
-    args = tiny_args(a.out_dir, "mspt", num_train_epochs=a.epochs, per_device_train_batch_size=a.batch, save_strategy="steps",
+    args = tiny_args(a.out_dir, a.strategy, num_train_epochs=a.epochs, per_device_train_batch_size=a.batch, save_strategy="steps",
                      save_steps=2, ddp_find_unused_parameters=False, dataloader_drop_last=a.drop_last,
                      cache_teacher_attention=not a.live_teacher)  # fmt: skip
     callbacks = [KillInTaskTwo(a.kill_at_step)] if a.kill_at_step else None
