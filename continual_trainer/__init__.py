@@ -12,14 +12,8 @@ from .losses import (
 )
 from .metrics import METRIC_DEFINITIONS, continual_summary, entity_scores, load_metric, metric_path, relation_scores
 from .replay import ReplayMemory
-from .reporting import (
-    plot_accuracy_matrix,
-    plot_modality_balance,
-    push_run_to_hub,
-    run_files,
-    write_model_card,
-    write_results,
-)
+from .hub import HubPushError, TaskPushCallback, push_run_to_hub, push_task_to_hub, resolve_hub_repo_id, run_files
+from .reporting import plot_accuracy_matrix, plot_modality_balance, write_all_results, write_model_card, write_results
 from .state import ContinualState
 from .strategies import (
     COMPONENTS,
@@ -66,9 +60,14 @@ __all__ = [
     "AttentionDistillation",
     "GradientModulation",
     "write_results",
+    "write_all_results",
     "plot_accuracy_matrix",
     "plot_modality_balance",
     "write_model_card",
     "push_run_to_hub",
+    "push_task_to_hub",
+    "TaskPushCallback",
+    "resolve_hub_repo_id",
+    "HubPushError",
     "run_files",
 ]

@@ -1,39 +1,44 @@
 """What a finished continual run leaves behind for people: `results.json` and `all_results.json`, the accuracy-matrix
-heatmap, the modality-balance curve (the paper's Fig. 3), a model card with a `model-index`, and the push of the whole
-run to the Hub (final model at the root of a branch, each task in a subfolder or on its own branch), with the repo id
-resolved and the token checked before a run starts (`resolve_hub_repo_id`).
+heatmap, the modality-balance curve (the paper's Fig. 3) and a model card with a `model-index`. The push to the Hub is
+in `hub.py`; its public names are importable from here too (`push_run_to_hub`, `HubPushError`, `resolve_hub_repo_id`,
+`run_files`, `task_branch`).
 """
 
-import glob
 import importlib.metadata
 import json
 import logging
 import math
 import os
 import platform
-import re
-import shlex
-import time
 from collections.abc import Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 
 import numpy as np
 
-from .state import RUN_NAME, describe_benchmark
+from .hub import (  # noqa: F401 - the Hub names re-exported: they were defined here before hub.py
+    CARD_NAME,
+    TASK_DIR_PATTERN,
+    TASK_LAYOUTS,
+    HubPushError,
+    TaskPushCallback,
+    check_layout,
+    push_run_to_hub,
+    push_task_to_hub,
+    resolve_hub_repo_id,
+    run_files,
+    task_branch,
+)
+from .state import describe_benchmark
 
 logger = logging.getLogger(__name__)
 
 RESULTS_NAME = "results.json"
 ALL_RESULTS_NAME = "all_results.json"
-CARD_NAME = "README.md"
 ACCURACY_PLOT_NAME = "accuracy_matrix.png"
 BALANCE_PLOT_NAME = "modality_balance.png"
 SUMMARY_METRICS = ("final_average", "average_incremental", "forgetting", "bwt")
 VERSIONED_PACKAGES = ("torch", "transformers", "datasets", "accelerate", "huggingface_hub", "mspt")
-TASK_DIR_PATTERN = re.compile(r"task-\d+")
-TASK_LAYOUTS = ("subfolders", "branches")
 DEFAULT_LICENSE = "apache-2.0"
 _SUMMARY_NAMES = {"final_average": "Final average", "average_incremental": "Average incremental",
                   "forgetting": "Forgetting", "bwt": "Backward transfer"}  # fmt: skip
@@ -298,7 +303,7 @@ def write_model_card(output_dir: str, results: dict, model_name: str, task_type:
 
     if task_type not in _HEADS:
         raise ValueError(f"task_type must be 're' or 'ner', got {task_type!r}.")
-    _check_layout(task_layout)
+    check_layout(task_layout)
     _, task_name, _, hub_task, tag, hub_metrics = _HEADS[task_type]
     data, summary = results["data"], results["summary"]
     metric = results["task_metrics"][-1]["metric"] if results.get("task_metrics") else "score"
@@ -435,266 +440,3 @@ def _card_body(results, model_name, task_type, metric, dataset, load: _LoadSpec)
 
 def _fmt(value) -> str:
     return "–" if value is None else f"{value:.4f}"
-
-
-# ---------------------------------------------------------------------------------------------------------- Hub
-def run_files(output_dir: str) -> list[str]:
-    """The files of a run that `push_run_to_hub` uploads, relative to `output_dir`, sorted: the files at the root
-    and everything under `task-XX/`, except mid-task `checkpoint-*` folders and `*.tmp` files."""
-    if not os.path.isdir(output_dir):
-        raise FileNotFoundError(f"output_dir {output_dir} does not exist.")
-    files, skipped = [], set()
-    for path in glob.glob("**", root_dir=output_dir, recursive=True):
-        if not os.path.isfile(os.path.join(output_dir, path)):
-            continue
-        parts = path.split(os.sep)
-        if len(parts) > 1 and not TASK_DIR_PATTERN.fullmatch(parts[0]):
-            skipped.add(parts[0] + "/")
-        elif any(p.startswith("checkpoint-") for p in parts[:-1]):
-            skipped.add("/".join(parts[:2]) + "/")
-        elif not parts[-1].endswith(".tmp"):
-            files.append("/".join(parts))
-    if skipped:
-        logger.info("Not uploaded from %s: %s", output_dir, ", ".join(sorted(skipped)))
-    return sorted(files)
-
-
-class HubPushError(RuntimeError):
-    """A push of a run to the Hub failed: the server refused it, or it timed out / failed on every attempt. Nothing in
-    the output directory was changed; the message says how to push it again."""
-
-
-# Answers worth another attempt: timeouts, rate limits and server errors (a refusal such as 401/403/404 is final).
-_RETRY_STATUS = (408, 429, 500, 502, 503, 504)
-_MAX_RETRY_WAIT = 60.0
-
-
-def task_branch(task_dir: str, revision: str | None = None) -> str:
-    """The branch that holds the model of `task_dir` ("task-03") in the "branches" layout: the folder's name, prefixed
-    with the final model's branch when that is not main (`v2-task-03`), so two runs on two branches stay apart."""
-    return task_dir if revision in (None, "main") else f"{revision}-{task_dir}"
-
-
-def _check_layout(task_layout: str) -> None:
-    if task_layout not in TASK_LAYOUTS:
-        raise ValueError(f"`task_layout` must be one of {TASK_LAYOUTS}, got {task_layout!r}.")
-
-
-def push_run_to_hub(output_dir: str, repo_id: str, token: str | None = None, private: bool | None = None,
-                    commit_message: str = "Upload MSPT continual run", endpoint: str | None = None,
-                    timeout: float = 60.0, retries: int = 3, retry_wait: float = 2.0, revision: str | None = None,
-                    task_layout: str = "subfolders"):  # fmt: skip
-    """Upload a continual run to one Hub model repo.
-
-    Layout of the repo: the root of branch `revision` (main when None; created from main if it does not exist) holds
-    what is at the root of `output_dir` (the final model and processor, the card `README.md`, `results.json`,
-    `all_results.json`, the plots, `continual_run.json`). Each per-task checkpoint `task-XX/`:
-
-    - `task_layout="subfolders"`: becomes a subfolder of that branch, in the same commit (one `upload_folder`):
-      `from_pretrained(repo_id, subfolder="task-00", trust_remote_code=True)` loads the model after task 1;
-    - `task_layout="branches"`: becomes the root of its own branch `task_branch("task-XX", revision)` (created from
-      main, then holding exactly the task's files), one commit per task before the final model's:
-      `from_pretrained(repo_id, revision="task-00", trust_remote_code=True)` loads it.
-
-    Mid-task `checkpoint-*` folders, `*.tmp` files and other folders at the root are not uploaded (see `run_files`).
-
-    Every HTTP request of the push gives up after `timeout` seconds without progress (huggingface_hub's own client
-    waits forever on a server that accepts and never answers). A timeout, a connection error or a 408/429/5xx answer
-    starts the whole push again (creating the repo and re-uploading the same files is harmless), after `retry_wait`,
-    then twice as long each time (at most 60 s), `retries` times. When it still fails, or the Hub refuses the push,
-    `HubPushError` says how to push the untouched `output_dir` again.
-
-    Args:
-        token: a Hub token with write access; the locally saved one when None.
-        private: visibility of the repo if it has to be created; an existing repo keeps its own.
-        revision: the branch of the final model (and of the task subfolders); main when None.
-        task_layout: "subfolders" or "branches", see above.
-        endpoint: the Hub URL (for a private Hub or a test server); `HF_ENDPOINT` when None.
-        timeout: seconds without progress (connect, send, receive) before a request is abandoned. While the push
-            runs, other huggingface_hub requests of this process use the same timeout.
-        retries: further attempts after the first one fails with a timeout, a network error or a 408/429/5xx.
-        retry_wait: seconds before the first retry.
-
-    Returns:
-        The `huggingface_hub.CommitInfo` of the final model's upload (`commit_url`, `oid`).
-
-    Raises:
-        HubPushError: the Hub refused the push, or every attempt failed.
-    """
-    from huggingface_hub import HfApi
-
-    if not (isinstance(timeout, (int, float)) and timeout > 0):
-        raise ValueError(f"`timeout` must be a positive number of seconds, got {timeout!r}.")
-    if not (isinstance(retries, int) and retries >= 0):
-        raise ValueError(f"`retries` must be an integer >= 0, got {retries!r}.")
-    if not (isinstance(retry_wait, (int, float)) and retry_wait >= 0):
-        raise ValueError(f"`retry_wait` must be a number of seconds >= 0, got {retry_wait!r}.")
-    _check_layout(task_layout)
-    files = run_files(output_dir)
-    tasks = sorted({f.split("/")[0] for f in files if "/" in f})
-    if not tasks:
-        raise ValueError(f"{output_dir} holds no task-XX/ folder: it is not the output_dir of a continual run.")
-    root = {f for f in files if "/" not in f}
-    for name, what in (("config.json", "no final model (save it with trainer.save_model())"),
-                       (CARD_NAME, "no model card (write_model_card)"), (RUN_NAME, f"no {RUN_NAME}")):  # fmt: skip
-        if name not in root:
-            logger.warning("%s holds %s; pushing without it.", output_dir, what)
-    api = HfApi(endpoint=endpoint, token=token)
-    final = revision or "main"
-
-    def push():
-        repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        if task_layout == "branches":  # each task's own branch first: main is still as it was (empty when new)
-            for task in tasks:
-                branch = task_branch(task, revision)
-                task_files = [f[len(task) + 1 :] for f in files if f.startswith(task + "/")]
-                api.create_branch(repo_url.repo_id, branch=branch, exist_ok=True, repo_type="model")
-                logger.info("Uploading %s to branch %s of %s", task, branch, repo_url)
-                api.upload_folder(repo_id=repo_url.repo_id, folder_path=os.path.join(output_dir, task),
-                                  allow_patterns=[glob.escape(f) for f in task_files],
-                                  delete_patterns="*",  # the branch holds the task's files only (main's were copied)
-                                  commit_message=f"{commit_message}: {task}", revision=branch,
-                                  repo_type="model")  # fmt: skip
-        if final != "main":
-            api.create_branch(repo_url.repo_id, branch=final, exist_ok=True, repo_type="model")
-        pushed = files if task_layout == "subfolders" else sorted(root)
-        logger.info("Uploading %d files (%s) to branch %s of %s", len(pushed),
-                    "root and " + ", ".join(tasks) if task_layout == "subfolders" else "root", final, repo_url)
-        return api.upload_folder(
-            repo_id=repo_url.repo_id,
-            folder_path=output_dir,
-            allow_patterns=[glob.escape(f) for f in pushed],  # exactly the files listed, nothing matched by accident
-            commit_message=commit_message,
-            revision=final,
-            repo_type="model",
-        )
-
-    again = _repush_instructions(output_dir, repo_id, private, commit_message, endpoint, revision, task_layout)
-    for attempt in range(retries + 1):
-        try:
-            with _hub_timeout(timeout):
-                return push()
-        except Exception as err:
-            transient = _is_transient(err)
-            if transient is None:  # not a Hub or network error: a bug to see as it is
-                raise
-            attempts = f"{attempt + 1} attempt{'s' if attempt else ''}"
-            if not transient or attempt == retries:
-                raise HubPushError(
-                    f"Pushing {output_dir} to the Hub repo {repo_id!r} failed after {attempts} "
-                    f"({type(err).__name__}: {err}). {again}"
-                ) from err
-            wait = min(retry_wait * 2**attempt, _MAX_RETRY_WAIT)
-            logger.warning("Hub push attempt %d of %d failed (%s: %s); retrying in %.1f s.", attempt + 1,
-                           retries + 1, type(err).__name__, err, wait)  # fmt: skip
-            time.sleep(wait)
-
-
-def resolve_hub_repo_id(hub_model_id: str | None, output_dir: str, token: str | None = None,
-                        endpoint: str | None = None, timeout: float = 30.0) -> str:  # fmt: skip
-    """The full id (`namespace/name`) of the repo a run will be pushed to, resolved and checked before the run starts
-    so that a bad Hub setting fails in seconds, not after training. As transformers' `Trainer` does: the name is
-    `hub_model_id`, or the output_dir's folder name when None; a name without a namespace goes to the token's user.
-    The token (`token`, else `HF_TOKEN` or the one saved by `hf auth login`) must exist, be accepted by the Hub's
-    `whoami` and not be read-only.
-
-    Raises:
-        ValueError: no token, a refused or read-only token, an invalid repo id, or a Hub that cannot be reached; the
-            message names the argument to fix (`--hub_token`, `--hub_model_id`) or says how to push later.
-    """
-    from huggingface_hub import HfApi, get_token
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    later = ("Or train without --push_to_hub and push the output_dir afterwards with "
-             "`continual_trainer.push_run_to_hub(output_dir, repo_id)`.")  # fmt: skip
-    token = token or get_token()
-    if not token:
-        raise ValueError("--push_to_hub true needs a Hub token with write access and none was found: pass "
-                         f"--hub_token, set HF_TOKEN or run `hf auth login`. {later}")  # fmt: skip
-    api = HfApi(endpoint=endpoint, token=token)
-    try:
-        with _hub_timeout(timeout):
-            me = api.whoami(cache=True)
-    except Exception as err:
-        if _is_transient(err) is None:
-            raise
-        status = getattr(getattr(err, "response", None), "status_code", None)
-        if status == 401:
-            what = "The Hub refused the token (401): give a valid write token (--hub_token, HF_TOKEN, `hf auth login`)."
-        elif status is not None:
-            what = f"The Hub at {api.endpoint} answered {status} when asked whose the token is; try again later."
-        else:
-            what = (f"The Hub at {api.endpoint} could not be reached to check the token and resolve the repo id "
-                    "(HF_HUB_OFFLINE set? no network?).")  # fmt: skip
-        raise ValueError(f"--push_to_hub true: {what} ({type(err).__name__}: {err}) {later}") from err
-    role = me.get("auth", {}).get("accessToken", {}).get("role")
-    if role == "read":
-        raise ValueError(f"--push_to_hub true: the Hub token of {me.get('name')!r} is read-only; give a write token "
-                         f"with --hub_token, HF_TOKEN or `hf auth login`. {later}")  # fmt: skip
-    name = hub_model_id or os.path.basename(os.path.abspath(output_dir))
-    repo_id = name if "/" in name else f"{me['name']}/{name}"
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as err:
-        source = "--hub_model_id" if hub_model_id else f"the output_dir's folder name ({name!r}, the default)"
-        raise ValueError(f"--push_to_hub true: {source} gives the repo id {repo_id!r}, which the Hub does not accept "
-                         f"({err}). Pass --hub_model_id namespace/name.") from err  # fmt: skip
-    return repo_id
-
-
-def _is_transient(err: Exception) -> bool | None:
-    """True: worth another attempt; False: a refusal; None: not a Hub or network error at all."""
-    from huggingface_hub.errors import HfHubHTTPError
-
-    try:
-        import httpx2 as httpx  # huggingface_hub >= 2
-    except ImportError:  # pragma: no cover - huggingface_hub 1.x
-        import httpx
-    if isinstance(err, HfHubHTTPError):
-        response = getattr(err, "response", None)
-        return getattr(response, "status_code", None) in _RETRY_STATUS
-    if isinstance(err, (httpx.TransportError, OSError)):  # timeouts, refused or dropped connections
-        return True
-    return None
-
-
-@contextmanager
-def _hub_timeout(seconds: float):
-    """Give huggingface_hub's shared HTTP client a timeout (its default is None: wait forever) for the duration."""
-    from huggingface_hub import set_client_factory
-    from huggingface_hub.utils import _http
-
-    # The factory in force (a user's own, with proxies or certificates, if they set one); not public API.
-    previous = getattr(_http, "_GLOBAL_CLIENT_FACTORY", None) or _http.default_client_factory
-
-    def with_timeout():
-        client = previous()
-        client.timeout = seconds
-        return client
-
-    set_client_factory(with_timeout)  # closes the current shared client; the next request builds one with a timeout
-    try:
-        yield
-    finally:
-        set_client_factory(previous)
-
-
-def _repush_instructions(output_dir, repo_id, private, commit_message, endpoint, revision=None,
-                         task_layout="subfolders") -> str:  # fmt: skip
-    arguments = [os.path.abspath(output_dir), repo_id]
-    options = {"private": private, "endpoint": endpoint, "revision": revision,
-               "task_layout": None if task_layout == "subfolders" else task_layout}  # fmt: skip
-    if commit_message != "Upload MSPT continual run":
-        options["commit_message"] = commit_message
-    python = ", ".join([*map(repr, arguments), *(f"{k}={v!r}" for k, v in options.items() if v is not None)])
-    shell = ", ".join([*map(json.dumps, arguments),
-                       *(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in options.items()
-                         if v is not None)])  # fmt: skip
-    code = f"from continual_trainer import push_run_to_hub; push_run_to_hub({shell})"
-    return (
-        f"The run in {os.path.abspath(output_dir)} is complete on disk and was not changed. Push it again, with a "
-        f"write token in HF_TOKEN (or after `hf auth login`), from Python:\n"
-        f"    from continual_trainer import push_run_to_hub; push_run_to_hub({python})\n"
-        f"or from a shell:\n    python -c {shlex.quote(code)}"
-    )
