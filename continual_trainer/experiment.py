@@ -115,20 +115,25 @@ def hub_target(training_args, model_args) -> dict:
     """`push_run_to_hub`'s keyword arguments for this run (`repo_id`, `token`, `private`, `revision`,
     `task_layout`), checked before any training: an unsupported `hub_strategy`, a missing or refused token or a repo
     id that cannot be resolved raise `ValueError` in seconds instead of after the run (`resolve_hub_repo_id`)."""
-    from .reporting import resolve_hub_repo_id
+    from .hub import HUB_STRATEGIES, resolve_hub_repo_id
 
-    strategy = getattr(training_args.hub_strategy, "value", training_args.hub_strategy)
-    if strategy != "end":
+    strategy = hub_strategy(training_args)
+    if strategy not in HUB_STRATEGIES:
         raise ValueError(
-            f"--hub_strategy {strategy} is not supported by the example scripts: they push once, at the end, the "
-            "final model and every task-XX checkpoint (in subfolders or on one branch per task: --hub_task_layout). "
-            "Use --hub_strategy end."
+            f"--hub_strategy {strategy} is not supported by the example scripts: mid-task checkpoints are not pushed. "
+            "Use --hub_strategy end (one push of the final model and every task-XX checkpoint at the end) or "
+            "every_save (each task-XX checkpoint pushed once the task is finished, and the same push at the end)."
         )
     repo_id = resolve_hub_repo_id(training_args.hub_model_id, training_args.output_dir, token=training_args.hub_token)
-    logger.info("The run will be pushed to %s (branch %s, tasks in %s) once it is finished.", repo_id,
-                training_args.hub_revision or "main", model_args.hub_task_layout)  # fmt: skip
+    when = "after each task and once it is finished" if strategy == "every_save" else "once it is finished"
+    logger.info("The run will be pushed to %s (branch %s, tasks in %s) %s.", repo_id,
+                training_args.hub_revision or "main", model_args.hub_task_layout, when)  # fmt: skip
     return dict(repo_id=repo_id, token=training_args.hub_token, private=training_args.hub_private_repo,
                 revision=training_args.hub_revision, task_layout=model_args.hub_task_layout)  # fmt: skip
+
+
+def hub_strategy(training_args) -> str:
+    return getattr(training_args.hub_strategy, "value", training_args.hub_strategy)
 
 
 def finish_run(trainer, result, benchmark, model_args, data_args, push_to_hub=False, hub=None):
@@ -186,7 +191,7 @@ def push_outputs(trainer, hub=None):
     """Upload the output_dir (main process) to `hub` (`hub_target`; the arguments' `hub_model_id` when None) once
     every output is written. The other processes wait at the barrier; the main process reaches it whether or not
     the push succeeded, then raises its error (`HubPushError`: the run on disk is intact, and how to push it again)."""
-    from .reporting import push_run_to_hub
+    from .hub import push_run_to_hub
 
     args = trainer.args
     hub = hub or dict(repo_id=args.hub_model_id, token=args.hub_token, private=args.hub_private_repo)
@@ -209,7 +214,7 @@ DEMO_DEFAULTS = {
     "logging_steps": 0.25,  # a ratio of each task's steps: four loss lines per task
     "save_strategy": "epoch",
     "save_total_limit": 1,
-    "hub_strategy": "end",  # the only one the scripts support (hub_target): one push of the whole run at the end
+    "hub_strategy": "end",  # one push of the whole run at the end; every_save also pushes each task (hub_target)
     "ddp_find_unused_parameters": False,
     "report_to": "none",
     "seed": 0,
@@ -222,7 +227,7 @@ def run(task_type: str, defaults: dict):
     logged matrix -> outputs (finish_run)."""
     from transformers import set_seed
 
-    from .reporting import TASK_LAYOUTS
+    from .hub import TASK_LAYOUTS, TaskPushCallback
     from .trainer import ContinualTrainer
 
     model_args, data_args, training_args = parse_arguments({**defaults, "task_type": task_type})
@@ -240,6 +245,8 @@ def run(task_type: str, defaults: dict):
     benchmark = load_data(data_args, task_type, training_args.seed)
     model, processor = build_model(model_args, benchmark, model_args.max_text_length)
     trainer = ContinualTrainer(model=model, args=training_args, processing_class=processor)
+    if push_to_hub and hub_strategy(training_args) == "every_save":
+        trainer.add_callback(TaskPushCallback(**hub))  # each task-XX as it is saved; the push at the end stays
     with trainer.output_dir_lock():  # no other run can start between the last task and the outputs
         result = trainer.train_tasks(benchmark, resume_from_checkpoint=wants_resume(training_args))
         logger.info("Accuracy matrix (%s, task slices):\n%s", METRIC_NAMES[task_type], format_matrix(result.matrix))

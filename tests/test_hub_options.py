@@ -1,6 +1,7 @@
 """The Hub options of a run, end to end through the local Hub (tests/hub_server.py): the repo id resolved and the
 token checked before training, `hub_revision`, `hub_private_repo`, per-task subfolders or branches (loaded back with
-`from_pretrained(..., revision=)`), the card naming the repo, and a failed push that says how to push again."""
+`from_pretrained(..., revision=)`), the card naming the repo, a failed push that says how to push again, and
+`--hub_strategy every_save` (each task pushed as it is saved, a failed task push that does not stop training)."""
 
 import hashlib
 import importlib.util
@@ -187,8 +188,10 @@ def no_training(monkeypatch):
     (["--push_to_hub", "true"], "none was found: pass --hub_token"),
     (["--push_to_hub", "true", "--hub_token", "hf_wrong"], r"refused the token \(401\)"),
     (["--push_to_hub", "true", "--hub_token", "hf_test", "--hub_model_id", "a/b/c"], "--hub_model_id gives"),
-    (["--push_to_hub", "true", "--hub_token", "hf_test", "--hub_strategy", "every_save"],
-     "--hub_strategy every_save is not supported"),
+    (["--push_to_hub", "true", "--hub_token", "hf_test", "--hub_strategy", "checkpoint"],
+     "--hub_strategy checkpoint is not supported by the example scripts: mid-task checkpoints are not pushed"),
+    (["--push_to_hub", "true", "--hub_token", "hf_test", "--hub_strategy", "all_checkpoints"],
+     "--hub_strategy all_checkpoints is not supported"),
     (["--hub_task_layout", "branch"], r"--hub_task_layout must be one of \('subfolders', 'branches'\), got 'branch'"),
 ])  # fmt: skip
 def test_bad_hub_settings_fail_before_training(hub, tmp_path, monkeypatch, no_saved_token, no_training, extra, error):
@@ -222,3 +225,62 @@ def test_run_pushes_one_branch_per_task_and_the_card_names_the_repo(hub, tmp_pat
     assert "accuracy_matrix.png" in main and "modality_balance.png" in main
     model, _ = _load(repo, tmp_path, revision="task-00")
     assert _same_weights(model, _load(str(out / "task-00"), tmp_path)[0])
+
+
+# ------------------------------------------------------------------------------------ --hub_strategy every_save
+@pytest.fixture
+def task_ends(hub, monkeypatch):
+    """{task_id: {branch: {path: bytes}}}: the repos' files when each task's push callback fires (before it pushes)."""
+    from continual_trainer.hub import TaskPushCallback
+
+    seen, push = {}, TaskPushCallback.on_task_end
+
+    def on_task_end(self, args, state, control, task_id=None, **kwargs):
+        seen[task_id] = {rev: hub.files(repo, revision=rev) for repo in ("tester/every", "tester/fail")
+                         for rev in hub.branches(repo)}  # fmt: skip
+        return push(self, args, state, control, task_id=task_id, **kwargs)
+
+    monkeypatch.setattr(TaskPushCallback, "on_task_end", on_task_end)
+    return seen
+
+
+def test_every_save_pushes_each_task_as_it_is_saved(hub, tmp_path, monkeypatch, no_saved_token, task_ends):
+    out = tmp_path / "every"
+    _run(monkeypatch, out, "--synthetic_num_tasks", "3", "--push_to_hub", "true", "--hub_token", "hf_test",
+         "--hub_revision", "v2", "--hub_strategy", "every_save")  # fmt: skip
+
+    assert sorted(task_ends) == [0, 1, 2]
+    local = {f: (out / f).read_bytes() for f in run_files(str(out))}
+    task_00, task_01 = ({f: data for f, data in local.items() if f.startswith(t)} for t in ("task-00/", "task-01/"))
+    assert task_ends[0] == {}  # nothing on the Hub before the first task is finished
+    assert task_ends[1] == {"main": {}, "v2": task_00}  # task-00 pushed into v2's task-00/ before task 2 started
+    assert task_ends[2]["v2"] == {**task_00, **task_01}
+    assert [(rev, summary.rsplit(": ", 1)[-1]) for repo, rev, summary in hub.commits if repo == "tester/every"] == [
+        ("v2", "task-00"), ("v2", "task-01"), ("v2", "task-02"), ("v2", "Upload MSPT continual run")]  # fmt: skip
+    assert hub.files("tester/every") == {}  # main untouched
+
+    push_run_to_hub(str(out), "tester/end", token="hf_test", revision="v2")  # what --hub_strategy end pushes
+    assert hub.files("tester/every", revision="v2") == hub.files("tester/end", revision="v2")
+    assert set(hub.files("tester/end", revision="v2")) == set(run_files(str(out)))
+
+
+def test_every_save_task_push_refused_training_goes_on(hub, tmp_path, monkeypatch, no_saved_token, task_ends, caplog):
+    hub.fail_next = [("POST", "/api/models/tester/fail/commit/task-01", 403)]  # task-01's own push only
+    out = tmp_path / "fail"
+    with caplog.at_level("WARNING", logger="continual_trainer.hub"):
+        _run(monkeypatch, out, "--synthetic_num_tasks", "3", "--push_to_hub", "true", "--hub_token", "hf_test",
+             "--hub_model_id", "fail", "--hub_task_layout", "branches", "--hub_strategy", "every_save")  # fmt: skip
+
+    assert sorted(task_ends) == [0, 1, 2] and (out / "task-02" / "config.json").is_file()  # training went on
+    assert sorted(task_ends[2]) == ["main", "task-00", "task-01"]  # the branch was made; its commit was refused
+    assert task_ends[2]["task-01"] == task_ends[2]["main"] == {}
+    files = run_files(str(out))
+    assert task_ends[1]["task-00"] == {f[8:]: (out / f).read_bytes() for f in files if f.startswith("task-00/")}
+    warnings = [r.getMessage() for r in caplog.records if "Training goes on" in r.getMessage()]
+    assert len(warnings) == 1 and str(out / "task-01") in warnings[0] and "403" in warnings[0]  # task-01's only
+    assert f"push_run_to_hub({str(out)!r}, 'tester/fail', task_layout='branches')" in warnings[0]
+    assert hub.branches("tester/fail") == ["main", "task-00", "task-01", "task-02"]
+    for task in ("task-00", "task-01", "task-02"):  # the push at the end brought task-01 too
+        stored = hub.files("tester/fail", revision=task)
+        assert stored == {f.split("/", 1)[1]: (out / f).read_bytes() for f in files if f.startswith(task + "/")}
+    assert set(hub.files("tester/fail")) == {f for f in files if "/" not in f}
