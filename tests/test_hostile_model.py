@@ -414,7 +414,7 @@ class _Processes:
 
 def test_a_failing_push_or_output_write_still_meets_the_other_processes(monkeypatch):
     # before: the main process raised before the barrier, and the other processes waited for it there
-    from continual_trainer import experiment, reporting
+    from continual_trainer import experiment, hub, reporting
 
     main = _Processes()
 
@@ -422,7 +422,7 @@ def test_a_failing_push_or_output_write_still_meets_the_other_processes(monkeypa
         main.done.append("push")
         raise reporting.HubPushError("403 Forbidden: the run on disk is intact")
 
-    monkeypatch.setattr(reporting, "push_run_to_hub", refused)
+    monkeypatch.setattr(hub, "push_run_to_hub", refused)  # where push_outputs finds it
     with pytest.raises(reporting.HubPushError, match="403 Forbidden"):
         experiment.push_outputs(main)
     assert main.done == ["push", "barrier"]
