@@ -252,11 +252,12 @@ class DarkExperienceReplay(ExperienceReplay):
     def __init__(self, trainer):
         super().__init__(trainer)
         self.logits = {}  # task id -> [rows, C] (RE) or [rows, max_text_length, C] (NER), raw (no label mask)
+        self._stored = None  # (logits, seen labels) in the memory's row order, for the current fit
 
     def after_task_fit(self, task):
         super().after_task_fit(task)
-        trainer, k = self.trainer, task.task_id
-        rows = trainer.data_collator.undecoded(task.train.select(self.memory.indices[k]))
+        trainer = self.trainer
+        rows = trainer.data_collator.undecoded(task.train.select(self.memory.indices[task.task_id]))
         loader = DataLoader(rows, batch_size=self.args.per_device_eval_batch_size, collate_fn=trainer.data_collator)
         model, chunks = trainer.model, []
         was_training = model.training
@@ -264,20 +265,34 @@ class DarkExperienceReplay(ExperienceReplay):
         with torch.no_grad():
             for batch in loader:
                 batch.pop("labels")
-                out = model(**{k: v.to(self.args.device) for k, v in batch.items()})
+                out = model(**{key: v.to(self.args.device) for key, v in batch.items()})
                 logits = out.logits.float()
                 if logits.dim() == 3:  # pad to the longest text, so every row of the task fits in one tensor
                     width = model.config.max_text_length
                     logits = F.pad(logits, (0, 0, 0, width - logits.shape[1]))
                 chunks.append(logits)
         model.train(was_training)
-        self.logits[k] = torch.cat(chunks)
+        self.logits[task.task_id] = torch.cat(chunks)
+
+    def before_fit(self, dataset, phase, checkpoint):
+        """Also lines the stored logits up with the memory's rows, with [rows, C] the labels seen when each row was
+        stored, once per fit (the memory does not change within one)."""
+        dataset = super().before_fit(dataset, phase, checkpoint)
+        tasks = [t for t, idx in sorted(self.memory.indices.items()) if idx]  # `memory_dataset`'s order
+        self._stored = None
+        if tasks:
+            device = self.args.device
+            logits = torch.cat([self.logits[t] for t in tasks]).to(device)
+            seen = torch.cat([self.trainer.seen_mask(t).expand(len(self.memory.indices[t]), -1) for t in tasks])
+            self._stored = (logits, seen.to(device))
+        return dataset
 
     def loss_terms(self, step: Step) -> list:
         ids, batch = self.draw(step, self.stream)
         if batch is None:
             return []
-        stored, seen = self._stored(ids)
+        rows = torch.as_tensor(ids, device=self.args.device)
+        stored, seen = self._stored[0][rows], self._stored[1][rows]
         labels = batch.pop("labels")
         logits = self.trainer.model(**batch).logits
         if logits.dim() == 3:
@@ -288,21 +303,6 @@ class DarkExperienceReplay(ExperienceReplay):
         valid = valid.expand_as(logits)
         term = (logits - stored).pow(2).masked_select(valid).mean()
         return [("logit_replay_loss", self.args.logit_replay_weight, term)]
-
-    def _stored(self, ids):
-        """The stored logits of memory rows `ids` and [rows, C] the labels seen when each was stored."""
-        offsets, tasks = [], sorted(self.memory.indices)
-        start = 0
-        for t in tasks:
-            offsets.append((t, start, start + len(self.memory.indices[t])))
-            start += len(self.memory.indices[t])
-        device = self.args.device
-        logits, seen = [], []
-        for i in ids.tolist():
-            t, begin, _ = next(o for o in offsets if o[1] <= i < o[2])
-            logits.append(self.logits[t][i - begin])
-            seen.append(self.trainer.seen_mask(t))
-        return torch.stack(logits).to(device), torch.stack(seen).to(device)
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), **{f"logits.{t}": v for t, v in self.logits.items()}}

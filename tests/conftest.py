@@ -12,6 +12,20 @@ torch.set_num_threads(1)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"  # imre/txt/sep5, imner/twitter2017/sep-PLOM: real lines
 DATA_DIR_ENV = "MSPT_DATA_DIR"
+# The start of a script run in a fresh process that must not import this package (it is installed, editable, in the
+# venv): what a user without it gets from trust_remote_code. Prepend it to the script's own code.
+HIDE_PACKAGE = """
+import importlib.abc, sys
+
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("modeling_mspt", "continual_trainer", "datasets_scripts"):
+            raise ImportError(f"blocked import of {name}")
+
+
+sys.meta_path.insert(0, Block())
+"""
 
 TEXT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=64,
             max_position_embeddings=40)  # fmt: skip

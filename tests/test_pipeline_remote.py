@@ -17,7 +17,7 @@ import transformers
 from PIL import Image
 from transformers import BertTokenizer, CLIPImageProcessorPil
 
-from conftest import NER_LABELS, RE_LABELS, WORDS, make_config
+from conftest import HIDE_PACKAGE, NER_LABELS, RE_LABELS, WORDS, make_config
 from modeling_mspt import (
     KG_TASK,
     MSPTForRelationExtraction,
@@ -136,16 +136,9 @@ def test_installed_package_needs_no_trust_remote_code(checkpoints):
     assert pipe(posts["dict"], threshold=0.0) == _local_pipeline(root)(posts["dict"], threshold=0.0)
 
 
-REMOTE_SCRIPT = textwrap.dedent(
+REMOTE_SCRIPT = HIDE_PACKAGE + textwrap.dedent(
     """
-    import importlib.abc, json, os, sys
-
-    class Block(importlib.abc.MetaPathFinder):  # the package is installed (editable) in this venv: hide it
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("modeling_mspt", "continual_trainer", "datasets_scripts"):
-                raise ImportError(f"blocked import of {name}")
-
-    sys.meta_path.insert(0, Block())
+    import json, os, sys
     repo, root = sys.argv[1], sys.argv[2]
     assert not any(os.path.abspath(p or ".") == repo for p in sys.path), sys.path
     try:

@@ -16,7 +16,7 @@ from transformers import (
     AutoProcessor,
 )
 
-from conftest import NER_LABELS, make_config
+from conftest import HIDE_PACKAGE, NER_LABELS, make_config
 from modeling_mspt import MSPTForRelationExtraction, MSPTForTokenClassification, MSPTModel, MSPTProcessor
 
 REMOTE_FILES = {"configuration_mspt.py", "modeling_mspt.py", "layers_mspt.py", "crf_mspt.py", "loading_mspt.py"}
@@ -85,16 +85,9 @@ def test_processor_round_trip(tmp_path, tiny_processor):
             assert torch.equal(a[key], b[key]), key
 
 
-REMOTE_SCRIPT = textwrap.dedent(
+REMOTE_SCRIPT = HIDE_PACKAGE + textwrap.dedent(
     """
-    import importlib.abc, sys, torch
-
-    class Block(importlib.abc.MetaPathFinder):  # the package must not be importable here
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("modeling_mspt", "continual_trainer", "datasets_scripts"):
-                raise ImportError(f"blocked import of {name}")
-
-    sys.meta_path.insert(0, Block())
+    import sys, torch
     from transformers import (AutoConfig, AutoModel, AutoModelForSequenceClassification,
                               AutoModelForTokenClassification, AutoProcessor)
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModel, BertConfig, BertModel, CLIPVisionConfig, CLIPVisionModel
 
-from conftest import TEXT, VISION, make_config, make_inputs
+from conftest import HIDE_PACKAGE, TEXT, VISION, make_config, make_inputs
 from modeling_mspt import MSPTConfig, MSPTModel
 
 
@@ -140,16 +140,9 @@ def test_shared_key_mode_is_validated():
         make_config(shared_key_mode="additve")
 
 
-REMOTE_SCRIPT = textwrap.dedent(
+REMOTE_SCRIPT = HIDE_PACKAGE + textwrap.dedent(
     """
-    import importlib.abc, sys, torch
-
-    class Block(importlib.abc.MetaPathFinder):  # the package must not be importable here
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("modeling_mspt", "continual_trainer", "datasets_scripts"):
-                raise ImportError(f"blocked import of {name}")
-
-    sys.meta_path.insert(0, Block())
+    import sys, torch
     from transformers import AutoModel
 
     root, inputs = sys.argv[1], torch.load(sys.argv[2], weights_only=True)
