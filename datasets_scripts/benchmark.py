@@ -70,6 +70,36 @@ class ContinualBenchmark:
                 words.update(w.lower() for sentence in split["tokens"][:] for w in sentence)
         return sorted(words)
 
+    def subset(self, train_per_task: int = 0, validation_per_task: int = 0, test_fraction: float = 1.0,
+               seed: int = 0) -> "ContinualBenchmark":
+        """The same stream on less data, for runs that must fit a budget: a random `train_per_task` rows of each task's
+        training set and `validation_per_task` of its validation set (0: all; the draw is fixed by `seed`), and the
+        test rows whose content hash falls below `test_fraction` — the same rows in every cumulative test set and for
+        every seed, so a test row seen after task 1 is seen again after task 5. Labels and new_labels are unchanged."""
+        import dataclasses
+        import hashlib
+        import json
+
+        if not 0 < test_fraction <= 1:
+            raise ValueError(f"test_fraction must be in (0, 1], got {test_fraction}")
+        if train_per_task < 0 or validation_per_task < 0:
+            raise ValueError(f"train_per_task / validation_per_task must be >= 0 (0: all), got {train_per_task} / "
+                             f"{validation_per_task}")  # fmt: skip
+
+        def draw(split, n):
+            return split.shuffle(seed=seed).select(range(n)) if 0 < n < len(split) else split
+
+        def kept(row) -> bool:  # the row's content without its image: the same text gives the same answer anywhere
+            text = json.dumps({k: v for k, v in row.items() if k != "image"}, sort_keys=True, default=str)
+            return int(hashlib.sha1(text.encode()).hexdigest()[:8], 16) / 16**8 < test_fraction
+
+        tasks = []
+        for task in self.tasks:
+            test = task.test if test_fraction == 1 else task.test.filter(kept)
+            tasks.append(dataclasses.replace(task, train=draw(task.train, train_per_task),
+                                             validation=draw(task.validation, validation_per_task), test=test))
+        return dataclasses.replace(self, tasks=tasks)
+
     def __repr__(self) -> str:
         sizes = ", ".join(f"{len(t.train)}/{len(t.validation)}/{len(t.test)}" for t in self.tasks)
         return (f"ContinualBenchmark({self.name}/{self.config_name}, {self.task_type}, {len(self.label_names)} labels, "

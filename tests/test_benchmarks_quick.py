@@ -21,7 +21,8 @@ def test_quick_modes_of_both_benchmark_scripts(tmp_path):
                       str(tmp_path / "step")],  # fmt: skip
         "strategies": [sys.executable, str(ROOT / "benchmarks" / "strategies.py"), "--quick", "--output-dir",
                        str(tmp_path / "strategies"), "--cache-dir", str(tmp_path / "cache"),
-                       "--imre-dir", str(ROOT / "tests" / "fixtures" / "imre")],  # fmt: skip
+                       "--suite", "tuning", "presets", "ablations", "real",
+                       "--data-dir", str(ROOT / "tests" / "fixtures")],  # fmt: skip
     }
     procs = {name: subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for name, cmd in commands.items()}  # fmt: skip
@@ -49,11 +50,11 @@ def test_quick_modes_of_both_benchmark_scripts(tmp_path):
     assert not [r["error"] for r in records if "error" in r]
     seen = {(r["suite"], r["benchmark"], r["task"], r["variant"]) for r in records}
     assert ("presets", "synthetic", "ner", "joint") in seen and ("ablations", "synthetic", "re", "sgd") in seen
-    assert ("imre", "imre", "re", "mspt") in seen
+    assert ("real", "imre_sep5", "re", "mspt") in seen
     for r in records:
         assert [len(row) for row in r["matrix"]] == list(range(1, len(r["matrix"]) + 1))
         assert set(r["summary"]) == {"final_average", "average_incremental", "forgetting", "bwt"}
-    imre = next(r for r in records if r["benchmark"] == "imre")
+    imre = next(r for r in records if r["benchmark"] == "imre_sep5")
     assert imre["num_train"] == [4] * 5  # the subset of each sep5 task
     table = (tmp_path / "strategies" / "strategies_quick.md").read_text()
     assert "### presets: synthetic/ner" in table and "mspt minus each row" in table
@@ -61,5 +62,5 @@ def test_quick_modes_of_both_benchmark_scripts(tmp_path):
     # A second start finds every run recorded and trains nothing.
     again = subprocess.run(commands["strategies"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
-    assert "0 runs to do (9 already recorded" in again.stdout + again.stderr
+    assert "0 runs to do (19 already recorded" in again.stdout + again.stderr
     assert len((tmp_path / "strategies" / "strategies_quick.jsonl").read_text().splitlines()) == len(lines)
