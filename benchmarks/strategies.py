@@ -83,6 +83,9 @@ ABLATIONS = {
     "modulation_gradient_distillation_asymmetric": ({"modulation_target": "gradient", "distillation_impl": "asymmetric"},
                                                     {}),  # the previous mspt: both old mechanisms  # fmt: skip
     "shared_key_additive": ({}, {"shared_key_mode": "additive"}),
+    # the key is the model's, not the strategy's: the baselines on the same model separate the two
+    "replay_shared_key_additive": ({}, {"shared_key_mode": "additive"}, "replay"),
+    "derpp_shared_key_additive": ({}, {"shared_key_mode": "additive"}, "derpp"),
     "shared_key_reference": ({}, {"shared_key_mode": "reference"}),
     "no_replay": ({"memory_per_label": 0}, {}),
     "replay_only": ({"gradient_modulation": False, "distillation_weight": 0.0}, {}),
@@ -94,7 +97,7 @@ ABLATIONS = {
 # (reference key and loss, the reference schedule, SGD) run when named.
 CORE_ABLATIONS = ("mspt", "replay", "derpp", "er_ace", "no_modulation", "modulation_gradient", "no_distillation",
                   "distillation_asymmetric", "modulation_gradient_distillation_asymmetric", "shared_key_additive",
-                  "replay_only")  # fmt: skip
+                  "replay_shared_key_additive", "derpp_shared_key_additive", "replay_only")  # fmt: skip
 METRICS = ("final_average", "average_incremental", "forgetting", "bwt")
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "configs")
 # name -> (task type, the example config the runs use, the benchmark's folder under --data-dir)
@@ -312,6 +315,7 @@ def run_one(spec: RunSpec, cache_dir: str, data_root: str | None, quick: bool = 
         "metric": result.task_metrics[-1]["metric"], "modulation": modulation, "rho_vision_mean": rho,
         "validation": {"cumulative": validation["cumulative"], "slices": validation["slices"]},
         "cumulative_metrics": [m["cumulative_metrics"] for m in result.task_metrics],
+        "slice_metrics": [m["slice_metrics"] for m in result.task_metrics],  # precision / recall per slice
         "num_train": [len(t.train) for t in bench.tasks], "wall_s": time.time() - started,
         "cpu_s": time.process_time() - cpu_started, "torch_threads": torch.get_num_threads(),
     }  # fmt: skip
@@ -363,6 +367,18 @@ def paired_ci(differences) -> str:
     return f"{d.mean():+.3f} [{d.mean() - half:+.3f}, {d.mean() + half:+.3f}]{verdict}"
 
 
+def paired_cells(reference: dict, runs: dict) -> list[str]:
+    """Row minus reference on the seeds both have ({seed: record} each): the final average's and the forgetting's
+    mean [95% CI], each with the number of seeds where the row is better."""
+    seeds = sorted(set(reference) & set(runs))
+    cells = []
+    for m in ("final_average", "forgetting"):
+        d = [runs[s]["summary"][m] - reference[s]["summary"][m] for s in seeds]
+        wins = sum(x > 0 for x in d) if m == "final_average" else sum(x < 0 for x in d)
+        cells += [paired_ci(d), f"{wins}/{len(seeds)}"]
+    return cells
+
+
 def tuning_report(records: list[dict], seeds, data: dict | None) -> list[str]:
     parts = []
     if data is None:
@@ -390,11 +406,12 @@ def report(specs: list[RunSpec], records: list[dict], tuning_seeds=(100,)) -> st
     data = next((s.data for s in specs if s.suite in ("tuning", "presets")), None)
     parts = tuning_report(records, tuning_seeds, data)
     header = ["strategy", "seeds", *METRICS, "wall s / run"]
-    # (suite, benchmark, task, rows, reference, sign): sign +1 tabulates reference minus each row, -1 each row minus it
-    groups = [("presets", "synthetic", task, PRESETS, "mspt", 1) for task in ("re", "ner")]
-    groups += [("ablations", "synthetic", task, tuple(ABLATIONS), "replay", -1) for task in ("re", "ner")]
-    groups += [("real", name, REAL_BENCHMARKS[name][0], PRESETS, "mspt", 1) for name in REAL_BENCHMARKS]
-    for suite, benchmark, task, variants, reference, sign in groups:
+    # (suite, benchmark, task, rows, references): each row minus each reference, paired by seed. The ablations are
+    # compared with replay (does the mechanism beat the baseline?) and with mspt (which setting of MSPT is better?).
+    groups = [("presets", "synthetic", task, PRESETS, ("mspt",)) for task in ("re", "ner")]
+    groups += [("ablations", "synthetic", task, tuple(ABLATIONS), ("replay", "mspt")) for task in ("re", "ner")]
+    groups += [("real", name, REAL_BENCHMARKS[name][0], PRESETS, ("mspt",)) for name in REAL_BENCHMARKS]
+    for suite, benchmark, task, variants, references in groups:
         rows = _rows_for(specs, by_key, suite, benchmark, task, variants)
         if not rows:
             continue
@@ -406,27 +423,13 @@ def report(specs: list[RunSpec], records: list[dict], tuning_seeds=(100,)) -> st
                   f"{np.mean([r['wall_s'] for r in runs.values()]):.0f}"] for v, runs in rows.items()]  # fmt: skip
         parts.append(f"### {suite}: {benchmark}/{task} ({metric}; {sizes}; {epochs} epochs per task)\n\n"
                      + markdown_table(header, table))  # fmt: skip
-        if reference in rows:
-            ref = rows[reference]
-            diff_rows = []
-            for v, runs in rows.items():
-                if v == reference:
-                    continue
-                seeds = sorted(set(ref) & set(runs))
-                cells = []
-                for m in ("final_average", "forgetting"):
-                    d = [sign * (ref[s]["summary"][m] - runs[s]["summary"][m]) for s in seeds]
-                    wins = sum(x > 0 for x in d) if m == "final_average" else sum(x < 0 for x in d)
-                    cells += [paired_ci(d), f"{wins}/{len(seeds)}"]
-                diff_rows.append([v, *cells])
-            if not diff_rows:
-                continue
-            first, second = (reference, "each row") if sign > 0 else ("each row", reference)
-            better = reference if sign > 0 else "row"
-            parts.append(f"{first} minus {second}, paired by seed, mean [95% CI] (final average: higher is "
-                         "better; forgetting: lower is better; \"tie\" when the interval holds 0):\n\n"
-                         + markdown_table(["row", "Δ final average", f"{better} higher", "Δ forgetting",
-                                           f"{better} lower"], diff_rows))  # fmt: skip
+        for reference in (r for r in references if r in rows):
+            diff_rows = [[v, *paired_cells(rows[reference], runs)] for v, runs in rows.items() if v != reference]
+            if diff_rows:
+                parts.append(f"each row minus {reference}, paired by seed, mean [95% CI] (final average: higher is "
+                             "better; forgetting: lower is better; \"tie\" when the interval holds 0):\n\n"
+                             + markdown_table(["row", "Δ final average", "row higher", "Δ forgetting", "row lower"],
+                                              diff_rows))  # fmt: skip
     planned = {spec.key() for spec in specs}
     failed = [r for r in records if "error" in r and r["key"] in planned and r["key"] not in by_key]
     if failed:
@@ -436,6 +439,15 @@ def report(specs: list[RunSpec], records: list[dict], tuning_seeds=(100,)) -> st
 
 
 # --------------------------------------------------------------------------------------------------------- main
+def tuning_records(args, results_path) -> list[dict]:
+    """The runs recorded in `results_path`, and the tuning runs of `--tuning-from` when the sweep writes elsewhere (the
+    real suite in its own file takes EWC's λ and LwF's weight from the synthetic sweep's tuning)."""
+    records = read_jsonl(results_path)
+    if args.tuning_from and os.path.abspath(args.tuning_from) != os.path.abspath(results_path):
+        records += [r for r in read_jsonl(args.tuning_from) if r.get("suite") == "tuning"]
+    return records
+
+
 def _with_suite(args, suite):
     out = argparse.Namespace(**vars(args))
     out.suite = suite
@@ -505,6 +517,9 @@ def main(argv=None):
     parser.add_argument("--output-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "mspt-benchmarks-cache"),
                         help="datasets cache and the saved tiny vision tower.")
+    parser.add_argument("--tuning-from", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                                              "strategies.jsonl"),
+                        help="Also read the tuning runs of this file (when --output-dir is another folder).")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--quick", action="store_true", help="Smoke run in seconds: tiny sizes, one seed.")
     args = parser.parse_args(argv)
@@ -532,9 +547,9 @@ def main(argv=None):
         # The grids first: the presets take EWC's λ and LwF's weight from their validation results.
         stages = [[s for s in args.suite if s == "tuning"], [s for s in args.suite if s != "tuning"]]
         for stage in filter(None, stages):
-            run_specs(plan(_with_suite(args, stage), read_jsonl(results_path)), args, results_path, cache_dir,
+            run_specs(plan(_with_suite(args, stage), tuning_records(args, results_path)), args, results_path, cache_dir,
                       data_root)
-    planned = plan(args, read_jsonl(results_path))
+    planned = plan(args, tuning_records(args, results_path))
     records = read_jsonl(results_path)
     table = report(planned, records, args.tuning_seeds)
     with open(os.path.join(args.output_dir, f"{name}.md"), "w", encoding="utf-8") as f:
