@@ -48,6 +48,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import append_jsonl, machine, markdown_table, read_jsonl
 
 from continual_trainer.arguments import TASK_HYPERPARAMETERS
+from modeling_mspt import MSPTConfig
+from modeling_mspt.configuration_mspt import SHARED_KEY_MODES
 
 logger = logging.getLogger("strategies")
 
@@ -64,6 +66,10 @@ TASK_DEFAULTS = {  # examples/run_imre.py and run_imner.py; α and γ from the p
     "ner": dict(TASK_HYPERPARAMETERS["ner"], max_text_length=128),
 }
 MODEL_DEFAULTS = {"re": {"re_pooling": "entity"}, "ner": {}}  # examples/run_imre.py pools the entity markers
+# The shared key mode is named in every run's model arguments (`--shared-key`, default: the package's). "bank" was the
+# package default when the first records of this sweep version were written, with no mode in their model arguments:
+# a run naming "bank" has their key (RunSpec.key), so those records stay valid.
+LEGACY_SHARED_KEY = "bank"
 SYNTHETIC_VERSION = "1.1.0"  # datasets_scripts/synthetic.py: part of every synthetic run's key, so new data reruns
 SGD = dict(optim="sgd", optim_args="momentum=0.9", learning_rate=0.05)
 # name -> (ContinualTrainingArguments overrides, model overrides[, preset]); the preset is mspt unless given. The
@@ -82,10 +88,14 @@ ABLATIONS = {
     "distillation_reference": ({"distillation_impl": "reference"}, {}),
     "modulation_gradient_distillation_asymmetric": ({"modulation_target": "gradient", "distillation_impl": "asymmetric"},
                                                     {}),  # the previous mspt: both old mechanisms  # fmt: skip
+    # The other key mode (a row equal to the sweep's own mode is left out). The key is the model's, not the
+    # strategy's: replay and DER++ on the other key too separate the key from MSPT's mechanisms.
     "shared_key_additive": ({}, {"shared_key_mode": "additive"}),
-    # the key is the model's, not the strategy's: the baselines on the same model separate the two
     "replay_shared_key_additive": ({}, {"shared_key_mode": "additive"}, "replay"),
     "derpp_shared_key_additive": ({}, {"shared_key_mode": "additive"}, "derpp"),
+    "shared_key_bank": ({}, {"shared_key_mode": "bank"}),
+    "replay_shared_key_bank": ({}, {"shared_key_mode": "bank"}, "replay"),
+    "derpp_shared_key_bank": ({}, {"shared_key_mode": "bank"}, "derpp"),
     "shared_key_reference": ({}, {"shared_key_mode": "reference"}),
     "no_replay": ({"memory_per_label": 0}, {}),
     "replay_only": ({"gradient_modulation": False, "distillation_weight": 0.0}, {}),
@@ -97,7 +107,8 @@ ABLATIONS = {
 # (reference key and loss, the reference schedule, SGD) run when named.
 CORE_ABLATIONS = ("mspt", "replay", "derpp", "er_ace", "no_modulation", "modulation_gradient", "no_distillation",
                   "distillation_asymmetric", "modulation_gradient_distillation_asymmetric", "shared_key_additive",
-                  "replay_shared_key_additive", "derpp_shared_key_additive", "replay_only")  # fmt: skip
+                  "replay_shared_key_additive", "derpp_shared_key_additive", "shared_key_bank",
+                  "replay_shared_key_bank", "derpp_shared_key_bank", "replay_only")  # fmt: skip
 METRICS = ("final_average", "average_incremental", "forgetting", "bwt")
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "configs")
 # name -> (task type, the example config the runs use, the benchmark's folder under --data-dir)
@@ -127,18 +138,22 @@ class RunSpec:
     def key(self) -> str:
         """Everything that sets the result (not the suite or the variant's name): equal keys are the same run."""
         ident = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("suite", "variant")}
+        if ident["model"].get("shared_key_mode") == LEGACY_SHARED_KEY:
+            ident["model"] = {k: v for k, v in ident["model"].items() if k != "shared_key_mode"}
         return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------------------------- the sweep plan
-def tuned_value(records: list[dict], task: str, strategy: str, seeds, data: dict) -> float | None:
+def tuned_value(records: list[dict], task: str, strategy: str, seeds, data: dict, key_mode: str) -> float | None:
     """The grid value of `strategy` with the best mean validation metric (after the last task) over the tuning seeds,
-    on the synthetic `task` with these `data` sizes; None until every grid value has a run for every seed."""
+    on the synthetic `task` with these `data` sizes and shared key mode; None until every grid value has a run for
+    every seed."""
     name, values = TUNING[strategy]
     scores = {}
     for r in records:
         if r.get("suite") == "tuning" and r["task"] == task and r["strategy"] == strategy and "validation" in r:
-            if r["seed"] in seeds and r["data"] == data:
+            mode = r["model"].get("shared_key_mode", LEGACY_SHARED_KEY)
+            if r["seed"] in seeds and r["data"] == data and mode == key_mode:
                 scores.setdefault(r["training"][name], {})[r["seed"]] = r["validation"]["cumulative"]
     if any(len(scores.get(v, {})) < len(seeds) for v in values):
         return None
@@ -158,39 +173,29 @@ def plan(args, records=()) -> list[RunSpec]:
                         for seed in args.tuning_seeds:
                             training = {"num_train_epochs": args.epochs, **_task_training(task, strategy), name: value}
                             specs.append(RunSpec(suite, "synthetic", task, f"{strategy} {name}={value:g}", strategy,
-                                                 seed, data, training, dict(MODEL_DEFAULTS[task])))  # fmt: skip
+                                                 seed, data, training, _model(task, args.shared_key)))  # fmt: skip
         elif suite == "presets":
             for task in args.tasks:
                 for preset in args.presets:
                     training = {"num_train_epochs": args.epochs, **_task_training(task, preset)}
                     if preset in TUNING:
-                        chosen = tuned_value(records, task, preset, args.tuning_seeds, data)
+                        chosen = tuned_value(records, task, preset, args.tuning_seeds, data, args.shared_key)
                         if chosen is None:
                             logger.warning("%s/%s: no tuning runs recorded yet (--suite tuning): left out", task, preset)
                             continue
                         training[TUNING[preset][0]] = chosen
                     for seed in args.seeds:
                         specs.append(RunSpec(suite, "synthetic", task, preset, preset, seed, data, training,
-                                             dict(MODEL_DEFAULTS[task])))  # fmt: skip
+                                             _model(task, args.shared_key)))  # fmt: skip
         elif suite == "ablations":
             abl_data = dict(data, num_tasks=args.ablation_num_tasks, train_per_task=args.ablation_train_per_task)
-            for task in args.ablation_tasks:
-                for seed in args.ablation_seeds:
-                    for name in args.ablations:
-                        train_over, model_over, *preset = ABLATIONS[name]
-                        preset = preset[0] if preset else "mspt"
-                        training = {"num_train_epochs": args.ablation_epochs or args.epochs,
-                                    **_task_training(task, preset), **train_over}  # fmt: skip
-                        if preset == "mspt" and not {"distillation_weight", "distillation_impl"} & set(train_over):
-                            chosen = tuned_value(records, task, preset, args.tuning_seeds, data)
-                            if chosen is None:
-                                if seed == args.ablation_seeds[0]:
-                                    logger.warning("ablations %s/%s: no γ tuning recorded yet (--suite tuning): left "
-                                                   "out", task, name)  # fmt: skip
-                                continue
-                            training["distillation_weight"] = chosen
-                        specs.append(RunSpec(suite, "synthetic", task, name, preset, seed, abl_data, training,
-                                             {**MODEL_DEFAULTS[task], **model_over}))  # fmt: skip
+            for key_mode in args.ablation_keys:  # each mechanism on each shared key mode: its own table
+                for task in args.ablation_tasks:
+                    for seed in args.ablation_seeds:
+                        for name in args.ablations:
+                            spec = _ablation_spec(name, key_mode, task, seed, abl_data, args, records, data)
+                            if spec is not None:
+                                specs.append(spec)
         elif suite == "real":
             # seed by seed, so that a sweep stopped early holds whole tables of its first seeds
             for i, seed in enumerate(args.real_seeds):
@@ -202,7 +207,7 @@ def plan(args, records=()) -> list[RunSpec]:
                             continue
                         training = dict(recipe)
                         if preset in TUNING and preset != "mspt":
-                            chosen = tuned_value(records, task, preset, args.tuning_seeds, data)
+                            chosen = tuned_value(records, task, preset, args.tuning_seeds, data, args.shared_key)
                             if chosen is None:
                                 logger.warning("real %s/%s: no synthetic tuning recorded (--suite tuning): left out",
                                                name, preset)  # fmt: skip
@@ -210,6 +215,31 @@ def plan(args, records=()) -> list[RunSpec]:
                             training[TUNING[preset][0]] = chosen
                         specs.append(RunSpec(suite, name, task, preset, preset, seed, data_fields, training, model))
     return specs
+
+
+def _model(task: str, key_mode: str) -> dict:
+    return {**MODEL_DEFAULTS[task], "shared_key_mode": key_mode}
+
+
+def _ablation_spec(name, key_mode, task, seed, abl_data, args, records, data) -> RunSpec | None:
+    """One ablation row on one key mode (suite `ablations_<mode>`); None for a row that equals the mode's mspt or
+    whose γ is not tuned yet on that mode."""
+    train_over, model_over, *preset = ABLATIONS[name]
+    preset = preset[0] if preset else "mspt"
+    if model_over.get("shared_key_mode") == key_mode:
+        return None
+    training = {"num_train_epochs": args.ablation_epochs or args.epochs, **_task_training(task, preset),
+                **train_over}  # fmt: skip
+    if preset == "mspt" and not {"distillation_weight", "distillation_impl"} & set(train_over):
+        chosen = tuned_value(records, task, preset, args.tuning_seeds, data, key_mode)
+        if chosen is None:
+            if seed == args.ablation_seeds[0]:
+                logger.warning("ablations %s/%s on the %s key: no γ tuning recorded yet (--suite tuning "
+                               "--shared-key %s): left out", task, name, key_mode, key_mode)  # fmt: skip
+            return None
+        training["distillation_weight"] = chosen
+    return RunSpec(f"ablations_{key_mode}", "synthetic", task, name, preset, seed, abl_data, training,
+                   {**_model(task, key_mode), **model_over})
 
 
 def real_recipe(config_file: str, overrides=()) -> tuple[dict, dict, dict]:
@@ -383,21 +413,21 @@ def tuning_report(records: list[dict], seeds, data: dict | None) -> list[str]:
     parts = []
     if data is None:
         return parts
-    for task in ("re", "ner"):
+    for mode, task in ((m, t) for m in ("additive", "bank") for t in ("re", "ner")):
         rows = []
         for strategy, (name, values) in TUNING.items():
-            chosen = tuned_value(records, task, strategy, seeds, data)
+            chosen = tuned_value(records, task, strategy, seeds, data, mode)
             for value in values:
                 got = [r["validation"]["cumulative"] for r in records
                        if r.get("suite") == "tuning" and r["task"] == task and r["strategy"] == strategy
                        and r["training"].get(name) == value and r["seed"] in seeds and "validation" in r
-                       and r["data"] == data]  # fmt: skip
+                       and r["data"] == data and r["model"].get("shared_key_mode", LEGACY_SHARED_KEY) == mode]
                 if got:
                     rows.append([strategy, f"{name}={value:g}", len(got), f"{np.mean(got):.3f}",
                                  "**chosen**" if value == chosen else ""])  # fmt: skip
         if rows:
-            parts.append(f"### tuning: synthetic/{task}, validation metric after the last task (seeds {list(seeds)})"
-                         "\n\n" + markdown_table(["strategy", "value", "seeds", "validation", ""], rows))
+            parts.append(f"### tuning: synthetic/{task}, {mode} key, validation metric after the last task (seeds "
+                         f"{list(seeds)})\n\n" + markdown_table(["strategy", "value", "seeds", "validation", ""], rows))
     return parts
 
 
@@ -409,7 +439,8 @@ def report(specs: list[RunSpec], records: list[dict], tuning_seeds=(100,)) -> st
     # (suite, benchmark, task, rows, references): each row minus each reference, paired by seed. The ablations are
     # compared with replay (does the mechanism beat the baseline?) and with mspt (which setting of MSPT is better?).
     groups = [("presets", "synthetic", task, PRESETS, ("mspt",)) for task in ("re", "ner")]
-    groups += [("ablations", "synthetic", task, tuple(ABLATIONS), ("replay", "mspt")) for task in ("re", "ner")]
+    groups += [(f"ablations_{mode}", "synthetic", task, tuple(ABLATIONS), ("replay", "mspt"))
+               for mode in ("additive", "bank") for task in ("re", "ner")]  # fmt: skip
     groups += [("real", name, REAL_BENCHMARKS[name][0], PRESETS, ("mspt",)) for name in REAL_BENCHMARKS]
     for suite, benchmark, task, variants, references in groups:
         rows = _rows_for(specs, by_key, suite, benchmark, task, variants)
@@ -492,12 +523,16 @@ def main(argv=None):
     parser.add_argument("--tasks", nargs="+", default=["re", "ner"], choices=["re", "ner"])
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--shared-key", default=MSPTConfig.shared_key_mode, choices=SHARED_KEY_MODES[:2],
+                        help="The shared key mode of the tuning and preset runs (default: the package's).")
     parser.add_argument("--num-tasks", type=int, default=3)
     parser.add_argument("--train-per-task", type=int, default=200)
     parser.add_argument("--test-per-task", type=int, default=100)
     parser.add_argument("--epochs", type=float, default=20)
     parser.add_argument("--ablations", nargs="+", default=list(CORE_ABLATIONS), choices=list(ABLATIONS))
     parser.add_argument("--ablation-tasks", nargs="+", default=["re", "ner"], choices=["re", "ner"])
+    parser.add_argument("--ablation-keys", nargs="+", default=list(SHARED_KEY_MODES[:2]), choices=SHARED_KEY_MODES[:2],
+                        help="Shared key modes the ablation runs on, a table each (default: both).")
     parser.add_argument("--ablation-seeds", nargs="+", type=int, default=list(range(10)))
     parser.add_argument("--ablation-num-tasks", type=int, default=3)
     parser.add_argument("--ablation-train-per-task", type=int, default=200)
@@ -529,7 +564,7 @@ def main(argv=None):
         args.seeds, args.ablation_seeds = [0], [0]
         if args.presets == list(PRESETS):  # unless chosen on the command line
             args.presets = ["finetune", "mspt", "joint"]
-        args.ablations, args.ablation_tasks = ["shared_key_reference", "sgd"], ["re"]
+        args.ablations, args.ablation_tasks, args.ablation_keys = ["shared_key_reference", "sgd"], ["re"], [args.shared_key]
         # The real smoke run is meant for the real-format excerpts (--data-dir tests/fixtures): whole test sets.
         args.real_benchmarks, args.real_seeds, args.real_presets = ["imre_sep5"], [0], ["mspt"]
         args.real_overrides = [*args.real_overrides, "max_train_per_task=4", "num_train_epochs=1"]

@@ -29,10 +29,11 @@ class ModelArguments:
     )  # fmt: skip
     num_interaction_layers: int = field(default=3, metadata={"help": "Last layers sharing the key (§2.3)."})
     shared_key_mode: str = field(
-        default="bank",
-        metadata={"help": "bank: a shared per-position key replaces each stream's key in the interaction layers (fixes "
-                          "D1) | additive: each stream keeps its own key and adds the shared, zero-initialised bank "
-                          "(starts as the pretrained towers) | reference (D1, ablation)."},
+        default="additive",
+        metadata={"help": "additive: each stream keeps its own key and adds the shared, zero-initialised per-position "
+                          "bank (starts as the pretrained towers; the default, chosen by the ablation in "
+                          "benchmarks/RESULTS.md) | bank: the shared bank replaces each stream's key in the interaction "
+                          "layers (fixes D1) | reference (D1, ablation)."},
     )  # fmt: skip
     max_text_length: int = field(default=80, metadata={"help": "Sub-token length: 80 for IMRE, 128 for IMNER."})
     re_pooling: str = field(default="cls", metadata={"help": "RE features: cls (paper) | entity."})

@@ -35,11 +35,13 @@ class MSPTConfig(PreTrainedConfig):
         num_interaction_layers (`int`, *optional*, defaults to 3):
             How many of the last layers of each stream use the shared key and the modality attention biases
             ("hand-in-hand" interaction, reference notes §2.3). 0 gives two plain streams.
-        shared_key_mode (`str`, *optional*, defaults to `"bank"`):
-            `"bank"`: a per-position key bank `[heads, positions, head_dim]` shared by both streams, so that
-            attention depends on the input and the key learns (the fix of D1); it replaces the streams' own keys.
-            `"additive"`: each stream keeps its own (pretrained) key projection and the shared bank is added to it;
-            the bank and the biases start at zero, so the interaction layers start as the pretrained towers' layers.
+        shared_key_mode (`str`, *optional*, defaults to `"additive"`):
+            `"additive"`: each stream keeps its own (pretrained) key projection and a per-position key bank
+            `[heads, positions, head_dim]` shared by both streams is added to it; the bank and the biases start at
+            zero, so the interaction layers start as the pretrained towers' layers. The default since the issue-13
+            ablation (benchmarks/RESULTS.md: +0.12 RE / +0.11 NER final average over `"bank"`, 10 paired seeds).
+            `"bank"`: the shared bank replaces the streams' own keys, so attention depends on the input only through
+            the query (the fix of D1; the default before). Checkpoints record their mode in config.json.
             `"reference"`: the released code's single key vector per head broadcast over key positions; it cancels
             in the softmax (D1) and is kept for ablations only.
         max_text_length (`int`, *optional*, defaults to 80):
@@ -76,7 +78,7 @@ class MSPTConfig(PreTrainedConfig):
     text_config: PreTrainedConfig | dict | None = None
     vision_config: PreTrainedConfig | dict | None = None
     num_interaction_layers: int = 3
-    shared_key_mode: str = "bank"
+    shared_key_mode: str = "additive"
     max_text_length: int = 80
     num_aux_images: int = 0
     aux_image_size: int = 128

@@ -49,7 +49,7 @@ def test_quick_modes_of_both_benchmark_scripts(tmp_path):
     records = [json.loads(line) for line in lines]
     assert not [r["error"] for r in records if "error" in r]
     seen = {(r["suite"], r["benchmark"], r["task"], r["variant"]) for r in records}
-    assert ("presets", "synthetic", "ner", "joint") in seen and ("ablations", "synthetic", "re", "sgd") in seen
+    assert ("presets", "synthetic", "ner", "joint") in seen and ("ablations_additive", "synthetic", "re", "sgd") in seen
     assert ("real", "imre_sep5", "re", "mspt") in seen
     for r in records:
         assert [len(row) for row in r["matrix"]] == list(range(1, len(r["matrix"]) + 1))

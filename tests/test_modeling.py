@@ -221,7 +221,7 @@ def test_invalid_config_names_the_field(kwargs, field):
 def test_defaults_are_bert_base_and_clip_b32():
     config = MSPTConfig()
     assert (config.text_config.hidden_size, config.vision_config.patch_size, config.vision_seq_length) == (768, 32, 50)
-    assert config.num_interaction_layers == 3 and config.shared_key_mode == "bank"
+    assert config.num_interaction_layers == 3 and config.shared_key_mode == "additive"
 
 
 def test_label_mask_removes_unseen_labels_from_predictions():

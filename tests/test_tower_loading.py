@@ -50,12 +50,13 @@ def test_streams_reproduce_the_pretrained_towers(towers, vision_dir):
     torch.testing.assert_close(ours.vision_pooler_output, vision.pooler_output, atol=1e-5, rtol=1e-4)
 
 
-def test_interaction_layers_keep_every_other_tower_tensor_and_report_new_ones(towers):
+@pytest.mark.parametrize("mode", ["bank", "additive"])
+def test_interaction_layers_keep_every_other_tower_tensor_and_report_new_ones(towers, mode):
     root, bert, clip_vision, _ = towers
     processor = MSPTProcessor.from_text_vision_pretrained(root / "bert", root / "clip_vision", max_length=16)
     model, info = MSPTForRelationExtraction.from_text_vision_pretrained(
         root / "bert", root / "clip_vision", num_interaction_layers=1, max_text_length=16, id2label=RE_LABELS,
-        vocab_size=len(processor.tokenizer), output_loading_info=True,
+        vocab_size=len(processor.tokenizer), output_loading_info=True, shared_key_mode=mode,
     )  # fmt: skip
     vocab = TEXT["vocab_size"]
     assert len(processor.tokenizer) == len(processor.tokenizer.get_vocab())
@@ -68,12 +69,20 @@ def test_interaction_layers_keep_every_other_tower_tensor_and_report_new_ones(to
                                bert.encoder.layer[0].attention.self.query.weight)  # fmt: skip
     torch.testing.assert_close(state["mspt.encoder.vision_layers.0.mlp.fc2.bias"],
                                clip_vision.encoder.layers[0].mlp.fc2.bias)  # fmt: skip
-    # In the interaction layer the query, value and feed-forward are pretrained; the self-key is gone.
+    # In the interaction layer the query, value and feed-forward are pretrained; the self-key is gone ("bank") or
+    # kept, with the shared bank added to it ("additive").
     torch.testing.assert_close(state["mspt.encoder.text_layers.1.attention.v_proj.weight"],
                                bert.encoder.layer[1].attention.self.value.weight)  # fmt: skip
-    assert "mspt.encoder.text_layers.1.attention.k_proj.weight" not in state
-    assert "encoder.layer.1.attention.self.key.weight" in info["unused_keys"]
-    assert "encoder.layers.1.self_attn.k_proj.weight" in info["unused_keys"]
+    if mode == "bank":
+        assert "mspt.encoder.text_layers.1.attention.k_proj.weight" not in state
+        assert "encoder.layer.1.attention.self.key.weight" in info["unused_keys"]
+        assert "encoder.layers.1.self_attn.k_proj.weight" in info["unused_keys"]
+    else:
+        torch.testing.assert_close(state["mspt.encoder.text_layers.1.attention.k_proj.weight"],
+                                   bert.encoder.layer[1].attention.self.key.weight)  # fmt: skip
+        torch.testing.assert_close(state["mspt.encoder.vision_layers.1.attention.k_proj.bias"],
+                                   clip_vision.encoder.layers[1].self_attn.k_proj.bias)  # fmt: skip
+        assert not any("key" in k or "k_proj" in k for k in info["unused_keys"])
     assert any(k.startswith("pooler.") for k in info["unused_keys"])
     new = set(info["new_keys"])
     assert {"encoder.interaction.0.shared_key", "encoder.interaction.0.text_attention_bias",
