@@ -3,7 +3,7 @@
 MSPT, and the real IMRE / IMNER text with the pretrained MiniLM text tower.
 
     OMP_NUM_THREADS=1 python benchmarks/strategies.py --suite tuning presets ablations --workers 2
-    OMP_NUM_THREADS=1 python benchmarks/strategies.py --suite real --data-dir ../shared/data --workers 2
+    OMP_NUM_THREADS=1 python benchmarks/strategies.py --suite real --workers 2   # split files: $MSPT_DATA_DIR
     OMP_NUM_THREADS=1 python benchmarks/strategies.py --quick --data-dir tests/fixtures   # smoke run, a minute
     python benchmarks/strategies.py --report-only                       # tables from the runs recorded so far
 
@@ -144,17 +144,22 @@ class RunSpec:
 
 
 # ------------------------------------------------------------------------------------------------- the sweep plan
+def tuning_runs(records: list[dict], task: str, strategy: str, seeds, data: dict, key_mode: str) -> list[dict]:
+    """The finished tuning runs of `strategy` on the synthetic `task` with these sizes, seeds and shared key mode."""
+    return [r for r in records
+            if r.get("suite") == "tuning" and r["task"] == task and r["strategy"] == strategy and "validation" in r
+            and r["seed"] in seeds and r["data"] == data
+            and r["model"].get("shared_key_mode", LEGACY_SHARED_KEY) == key_mode]  # fmt: skip
+
+
 def tuned_value(records: list[dict], task: str, strategy: str, seeds, data: dict, key_mode: str) -> float | None:
     """The grid value of `strategy` with the best mean validation metric (after the last task) over the tuning seeds,
     on the synthetic `task` with these `data` sizes and shared key mode; None until every grid value has a run for
     every seed."""
     name, values = TUNING[strategy]
     scores = {}
-    for r in records:
-        if r.get("suite") == "tuning" and r["task"] == task and r["strategy"] == strategy and "validation" in r:
-            mode = r["model"].get("shared_key_mode", LEGACY_SHARED_KEY)
-            if r["seed"] in seeds and r["data"] == data and mode == key_mode:
-                scores.setdefault(r["training"][name], {})[r["seed"]] = r["validation"]["cumulative"]
+    for r in tuning_runs(records, task, strategy, seeds, data, key_mode):
+        scores.setdefault(r["training"][name], {})[r["seed"]] = r["validation"]["cumulative"]
     if any(len(scores.get(v, {})) < len(seeds) for v in values):
         return None
     return max(values, key=lambda v: (np.mean(list(scores[v].values())), -values.index(v)))
@@ -418,10 +423,8 @@ def tuning_report(records: list[dict], seeds, data: dict | None) -> list[str]:
         for strategy, (name, values) in TUNING.items():
             chosen = tuned_value(records, task, strategy, seeds, data, mode)
             for value in values:
-                got = [r["validation"]["cumulative"] for r in records
-                       if r.get("suite") == "tuning" and r["task"] == task and r["strategy"] == strategy
-                       and r["training"].get(name) == value and r["seed"] in seeds and "validation" in r
-                       and r["data"] == data and r["model"].get("shared_key_mode", LEGACY_SHARED_KEY) == mode]
+                got = [r["validation"]["cumulative"] for r in tuning_runs(records, task, strategy, seeds, data, mode)
+                       if r["training"].get(name) == value]
                 if got:
                     rows.append([strategy, f"{name}={value:g}", len(got), f"{np.mean(got):.3f}",
                                  "**chosen**" if value == chosen else ""])  # fmt: skip
@@ -551,7 +554,7 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=1, help="Runs in parallel, one process and one thread each.")
     parser.add_argument("--output-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "mspt-benchmarks-cache"),
-                        help="datasets cache and the saved tiny vision tower.")
+                        help="datasets cache of the built benchmarks.")
     parser.add_argument("--tuning-from", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                                               "strategies.jsonl"),
                         help="Also read the tuning runs of this file (when --output-dir is another folder).")

@@ -1,10 +1,12 @@
 """``load_benchmark``: the public door. Builds (or reuses from the cache) a benchmark's builder and
 returns its task stream as a ``ContinualBenchmark``."""
 
+import hashlib
+import json
 import logging
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import datasets
 import pyarrow.compute as pc
@@ -76,10 +78,6 @@ class ContinualBenchmark:
         training set and `validation_per_task` of its validation set (0: all; the draw is fixed by `seed`), and the
         test rows whose content hash falls below `test_fraction` — the same rows in every cumulative test set and for
         every seed, so a test row seen after task 1 is seen again after task 5. Labels and new_labels are unchanged."""
-        import dataclasses
-        import hashlib
-        import json
-
         if not 0 < test_fraction <= 1:
             raise ValueError(f"test_fraction must be in (0, 1], got {test_fraction}")
         if train_per_task < 0 or validation_per_task < 0:
@@ -96,9 +94,9 @@ class ContinualBenchmark:
         tasks = []
         for task in self.tasks:
             test = task.test if test_fraction == 1 else task.test.filter(kept)
-            tasks.append(dataclasses.replace(task, train=draw(task.train, train_per_task),
+            tasks.append(replace(task, train=draw(task.train, train_per_task),
                                              validation=draw(task.validation, validation_per_task), test=test))
-        return dataclasses.replace(self, tasks=tasks)
+        return replace(self, tasks=tasks)
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{len(t.train)}/{len(t.validation)}/{len(t.test)}" for t in self.tasks)
