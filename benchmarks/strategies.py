@@ -118,6 +118,11 @@ REAL_BENCHMARKS = {
     "imner_plom": ("ner", "imner_plom_minilm.json", os.path.join("imner", "twitter2017")),
 }
 REAL_CORE_PRESETS = ("finetune", "replay", "derpp", "mspt", "joint")  # every seed; the other presets the first only
+# The mechanism rows on real text (issue 13), every --real-seeds, on --real-ablation-benchmarks. The real configs have
+# no images, so the modulation has nothing to balance (every sample is left out of both scores: k = 1, see
+# continual_trainer.losses.modality_scores): no_modulation and modulation_gradient would be mspt again and are left
+# out. mspt, replay and derpp are the presets' runs (same key), listed so that the table pairs the rows with them.
+REAL_ABLATIONS = ("mspt", "replay", "derpp", "no_distillation", "distillation_asymmetric", "shared_key_bank")
 # Config keys that belong to one sweep run, not to the recipe (the sweep sets them for every run alike).
 RUN_ONLY_KEYS = ("output_dir", "strategy", "seed", "save_strategy", "save_total_limit", "logging_steps", "report_to",
                  "data_dir", "dataset_cache_dir")  # fmt: skip
@@ -207,6 +212,9 @@ def plan(args, records=()) -> list[RunSpec]:
                 for name in args.real_benchmarks:
                     task, config_file, _ = REAL_BENCHMARKS[name]
                     model, data_fields, recipe = real_recipe(config_file, args.real_overrides)
+                    # The key mode named, as in every synthetic run: a real record without one (the first sep5
+                    # fine-tune) ran on the bank key, then the default (LEGACY_SHARED_KEY in RunSpec.key).
+                    model = {"shared_key_mode": args.shared_key, **model}
                     for preset in args.real_presets:
                         if i and preset not in REAL_CORE_PRESETS:
                             continue
@@ -219,7 +227,19 @@ def plan(args, records=()) -> list[RunSpec]:
                                 continue
                             training[TUNING[preset][0]] = chosen
                         specs.append(RunSpec(suite, name, task, preset, preset, seed, data_fields, training, model))
+                    if name in args.real_ablation_benchmarks:
+                        specs += [_real_ablation_spec(row, name, task, seed, model, data_fields, recipe)
+                                  for row in args.real_ablations]  # fmt: skip
     return specs
+
+
+def _real_ablation_spec(row, benchmark, task, seed, model, data_fields, recipe) -> RunSpec:
+    """One mechanism row on a real benchmark (suite `real_ablations`): the config's recipe with the row's overrides;
+    γ stays the task's (TASK_HYPERPARAMETERS via task_type), as in the mspt preset's real runs."""
+    train_over, model_over, *preset = ABLATIONS[row]
+    preset = preset[0] if preset else "mspt"
+    return RunSpec("real_ablations", benchmark, task, row, preset, seed, data_fields, {**recipe, **train_over},
+                   {**model, **model_over})
 
 
 def _model(task: str, key_mode: str) -> dict:
@@ -445,6 +465,8 @@ def report(specs: list[RunSpec], records: list[dict], tuning_seeds=(100,)) -> st
     groups += [(f"ablations_{mode}", "synthetic", task, tuple(ABLATIONS), ("replay", "mspt"))
                for mode in ("additive", "bank") for task in ("re", "ner")]  # fmt: skip
     groups += [("real", name, REAL_BENCHMARKS[name][0], PRESETS, ("mspt",)) for name in REAL_BENCHMARKS]
+    groups += [("real_ablations", name, REAL_BENCHMARKS[name][0], tuple(ABLATIONS), ("replay", "mspt"))
+               for name in REAL_BENCHMARKS]  # fmt: skip
     for suite, benchmark, task, variants, references in groups:
         rows = _rows_for(specs, by_key, suite, benchmark, task, variants)
         if not rows:
@@ -549,6 +571,10 @@ def main(argv=None):
     parser.add_argument("--real-presets", nargs="+", default=[*REAL_CORE_PRESETS,
                                                               *(p for p in PRESETS if p not in REAL_CORE_PRESETS)],
                         choices=PRESETS)  # fmt: skip
+    parser.add_argument("--real-ablations", nargs="+", default=list(REAL_ABLATIONS), choices=list(ABLATIONS),
+                        help="Mechanism rows on real text, every --real-seeds (issue 13).")
+    parser.add_argument("--real-ablation-benchmarks", nargs="*", default=["imre_sep5"], choices=list(REAL_BENCHMARKS),
+                        help="The real benchmarks that run --real-ablations (none: no mechanism rows).")
     parser.add_argument("--real-overrides", nargs="*", default=[], metavar="NAME=JSON",
                         help="Change the configs' recipe for every real run, e.g. max_train_per_task=200.")
     parser.add_argument("--workers", type=int, default=1, help="Runs in parallel, one process and one thread each.")
@@ -570,6 +596,7 @@ def main(argv=None):
         args.ablations, args.ablation_tasks, args.ablation_keys = ["shared_key_reference", "sgd"], ["re"], [args.shared_key]
         # The real smoke run is meant for the real-format excerpts (--data-dir tests/fixtures): whole test sets.
         args.real_benchmarks, args.real_seeds, args.real_presets = ["imre_sep5"], [0], ["mspt"]
+        args.real_ablations, args.real_ablation_benchmarks = ["mspt", "shared_key_bank"], ["imre_sep5"]
         args.real_overrides = [*args.real_overrides, "max_train_per_task=4", "num_train_epochs=1"]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     os.makedirs(args.output_dir, exist_ok=True)

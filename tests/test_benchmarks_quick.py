@@ -50,7 +50,9 @@ def test_quick_modes_of_both_benchmark_scripts(tmp_path):
     assert not [r["error"] for r in records if "error" in r]
     seen = {(r["suite"], r["benchmark"], r["task"], r["variant"]) for r in records}
     assert ("presets", "synthetic", "ner", "joint") in seen and ("ablations_additive", "synthetic", "re", "sgd") in seen
-    assert ("real", "imre_sep5", "re", "mspt") in seen
+    assert ("real", "imre_sep5", "re", "mspt") in seen and ("real_ablations", "imre_sep5", "re", "shared_key_bank") in seen
+    bank = next(r for r in records if r["variant"] == "shared_key_bank")
+    assert bank["model"]["shared_key_mode"] == "bank" and bank["model"]["text_model"].startswith("wheel:")
     for r in records:
         assert [len(row) for row in r["matrix"]] == list(range(1, len(r["matrix"]) + 1))
         assert set(r["summary"]) == {"final_average", "average_incremental", "forgetting", "bwt"}
@@ -58,9 +60,10 @@ def test_quick_modes_of_both_benchmark_scripts(tmp_path):
     assert imre["num_train"] == [4] * 5  # the subset of each sep5 task
     table = (tmp_path / "strategies" / "strategies_quick.md").read_text()
     assert "### presets: synthetic/ner" in table and "each row minus mspt" in table
+    assert "### real_ablations: imre_sep5/re" in table
 
     # A second start finds every run recorded and trains nothing.
     again = subprocess.run(commands["strategies"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
-    assert "0 runs to do (19 already recorded" in again.stdout + again.stderr
+    assert "0 runs to do (20 already recorded" in again.stdout + again.stderr
     assert len((tmp_path / "strategies" / "strategies_quick.jsonl").read_text().splitlines()) == len(lines)
