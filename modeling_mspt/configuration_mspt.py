@@ -1,4 +1,5 @@
-"""MSPT configuration: a BERT text stream, a CLIP-ViT vision stream, the interaction settings and the label space."""
+"""MSPT configuration: a BERT text stream, a vision stream (CLIP vision, DINOv2 or ViT), the interaction settings and
+the label space."""
 
 import difflib
 import re
@@ -12,6 +13,8 @@ from transformers.configuration_utils import SubConfigSpec
 SHARED_KEY_MODES = ("bank", "additive", "reference")
 RE_POOLINGS = ("cls", "entity")
 KG_TASK = "multimodal-kg-construction"  # the task of pipeline_mspt.py, which this file does not import
+# The vision tower families whose layers MSPT re-implements (layers_mspt.py, docs/vision-towers.md), by model_type.
+VISION_MODEL_TYPES = ("clip_vision_model", "dinov2", "vit")
 
 # Written into every saved config so that a checkpoint loads with any of the Auto classes in a fresh process
 # (trust_remote_code=True) even when it was saved from one particular head.
@@ -30,8 +33,12 @@ class MSPTConfig(PreTrainedConfig):
     Args:
         text_config (`BertConfig` or `dict`, *optional*):
             The text stream (BERT family). Defaults to `bert-base` sizes.
-        vision_config (`CLIPVisionConfig` or `dict`, *optional*):
-            The vision stream (CLIP vision tower). Defaults to CLIP ViT-B/32 sizes.
+        vision_config (`CLIPVisionConfig`, `Dinov2Config`, `ViTConfig` or `dict`, *optional*):
+            The vision stream: a CLIP vision tower (model_type `"clip_vision_model"`, the default, CLIP ViT-B/32
+            sizes), DINOv2 (`"dinov2"`: layer-scale, no pre-LayerNorm) or ViT (`"vit"`). A dict picks the family by its
+            `model_type`. `image_size` is the side the MSPT stream sees (the position table has that grid).
+            Other vision models are refused: MSPT re-implements each family layer by layer, because its interaction
+            layers run its own attention (docs/vision-towers.md).
         num_interaction_layers (`int`, *optional*, defaults to 3):
             How many of the last layers of each stream use the shared key and the modality attention biases
             ("hand-in-hand" interaction, reference notes §2.3). 0 gives two plain streams.
@@ -87,6 +94,11 @@ class MSPTConfig(PreTrainedConfig):
     auto_map: dict | None = None
 
     def __post_init__(self, **kwargs):
+        vision_type = getattr(self.vision_config, "model_type", None)
+        if isinstance(self.vision_config, dict):
+            vision_type = self.vision_config.get("model_type", "clip_vision_model")
+        if vision_type is not None and vision_type not in VISION_MODEL_TYPES:  # before transformers tries to build it
+            raise ValueError(unsupported_vision_message(vision_type))
         if self.id2label is None and self.label2id is not None:
             self.id2label = {int(i): name for name, i in self.label2id.items()}
         for key, spec in self.sub_configs_defaults.items():  # built here so that a bad tower value names its tower
@@ -138,13 +150,11 @@ class MSPTConfig(PreTrainedConfig):
         t, v = self.text_config, self.vision_config
         if t.model_type != "bert":
             raise ValueError(f"`text_config` must be a BERT-family config (model_type 'bert'), got {t.model_type!r}.")
-        if v.model_type != "clip_vision_model":
-            raise ValueError(
-                f"`vision_config` must be a CLIP vision config (model_type 'clip_vision_model'), got {v.model_type!r}."
-            )
+        if v.model_type not in VISION_MODEL_TYPES:
+            raise ValueError(unsupported_vision_message(v.model_type))
         _check_unknown_keys(self)
         towers = (("text_config", t, _TEXT_SIZES, _TEXT_PROBABILITIES),
-                  ("vision_config", v, _VISION_SIZES, _VISION_PROBABILITIES))  # fmt: skip
+                  ("vision_config", v, _VISION_SIZES[v.model_type], _VISION_PROBABILITIES[v.model_type]))  # fmt: skip
         for name, cfg, sizes, probabilities in towers:
             for field in sizes:
                 _check_int(f"{name}.{field}", getattr(cfg, field), 1)
@@ -167,6 +177,14 @@ class MSPTConfig(PreTrainedConfig):
                 f"`text_config.pad_token_id` must be None or an id below `text_config.vocab_size` ({t.vocab_size}), "
                 f"got {t.pad_token_id!r}."
             )
+        if v.model_type == "dinov2":
+            if not _is_number(v.mlp_ratio) or v.mlp_ratio <= 0 or int(v.hidden_size * v.mlp_ratio) < 1:
+                raise ValueError(f"`vision_config.mlp_ratio` must be a positive number, got {v.mlp_ratio!r}.")
+            if v.use_swiglu_ffn:
+                raise ValueError(
+                    "`vision_config.use_swiglu_ffn=True` (the SwiGLU feed-forward of DINOv2-giant) is not implemented "
+                    "in MSPT's vision stream; use a DINOv2 with the plain MLP (dinov2-small/base/large)."
+                )
         if v.patch_size > v.image_size or v.image_size % v.patch_size:
             raise ValueError(
                 f"`vision_config.image_size` ({v.image_size}) must be a multiple of `vision_config.patch_size` "
@@ -235,14 +253,34 @@ class MSPTConfig(PreTrainedConfig):
 # The tower fields MSPT's own layers read (layers_mspt.py): a value out of range would fail deep inside torch.
 _TEXT_SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                "max_position_embeddings", "type_vocab_size")  # fmt: skip
-_VISION_SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "image_size",
-                 "patch_size", "num_channels")  # fmt: skip
+_GRID = ("hidden_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size", "num_channels")
+_VISION_SIZES = {"clip_vision_model": (*_GRID, "intermediate_size"), "dinov2": _GRID,  # DINOv2: mlp_ratio instead
+                 "vit": (*_GRID, "intermediate_size")}  # fmt: skip
 _TEXT_PROBABILITIES = ("hidden_dropout_prob", "attention_probs_dropout_prob")
-_VISION_PROBABILITIES = ("attention_dropout",)
+_VISION_PROBABILITIES = {
+    "clip_vision_model": ("attention_dropout",),
+    "dinov2": ("attention_probs_dropout_prob", "hidden_dropout_prob", "drop_path_rate"),
+    "vit": ("attention_probs_dropout_prob", "hidden_dropout_prob"),
+}
+_VISION_EXTRA = {"clip_vision_model": (), "dinov2": ("mlp_ratio", "layerscale_value", "qkv_bias"), "vit": ("qkv_bias",)}
 _TOWER_FIELDS = {
     "text_config": {*_TEXT_SIZES, *_TEXT_PROBABILITIES, "layer_norm_eps", "hidden_act"},
-    "vision_config": {*_VISION_SIZES, *_VISION_PROBABILITIES, "layer_norm_eps", "hidden_act"},
-}
+    **{f"vision_config:{kind}": {*_VISION_SIZES[kind], *_VISION_PROBABILITIES[kind], *_VISION_EXTRA[kind],
+                                 "layer_norm_eps", "hidden_act"} for kind in VISION_MODEL_TYPES},
+}  # fmt: skip
+
+
+def unsupported_vision_message(model_type) -> str:
+    """The error for a vision tower MSPT does not implement: what is supported, why, and what to do."""
+    return (
+        f"MSPT has no vision stream for model_type {model_type!r}; supported: "
+        f"{', '.join(map(repr, VISION_MODEL_TYPES))} "
+        "(a full 'clip' checkpoint is read for its vision tower). MSPT cannot run an arbitrary vision model as a black "
+        "box: its last `num_interaction_layers` layers replace the tower's attention by MSPT's own (a key shared with "
+        "the text stream, a modality bias, the pre-softmax maps returned for distillation), so each family is "
+        "re-implemented layer by layer. Use a CLIP, DINOv2 or ViT checkpoint (e.g. facebook/dinov2-small), or add "
+        "the family to layers_mspt.py and loading_mspt.py (docs/vision-towers.md)."
+    )
 _OWN_FIELDS = ("text_config", "vision_config", "num_interaction_layers", "shared_key_mode", "max_text_length",
                "num_aux_images", "aux_image_size", "re_pooling", "classifier_dropout", "id2label", "label2id")
 
@@ -276,7 +314,7 @@ def _check_unknown_keys(config):
     """A key that looks like a field but is not one would be kept as a plain attribute and ignored, so the model
     would be built with the default instead (e.g. `num_interaction_layer` in a hand-edited config.json)."""
     for key in _extra_keys(config):
-        towers = [name for name, known in _TOWER_FIELDS.items() if key in known]
+        towers = sorted({name.split(":")[0] for name, known in _TOWER_FIELDS.items() if key in known})
         if towers:
             raise ValueError(
                 f"`{key}` is a field of {' and '.join(f'`{n}`' for n in towers)}, not of MSPTConfig, and would be "
@@ -286,8 +324,9 @@ def _check_unknown_keys(config):
         if close:
             raise ValueError(f"`{key}` is not an MSPTConfig field (it would be ignored); did you mean `{close[0]}`?")
     for name in ("text_config", "vision_config"):
+        known = _TOWER_FIELDS[name if name == "text_config" else f"{name}:{config.vision_config.model_type}"]
         for key in _extra_keys(getattr(config, name)):
-            close = difflib.get_close_matches(key, sorted(_TOWER_FIELDS[name]), n=1, cutoff=0.8)
+            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.8)
             if close:
                 raise ValueError(
                     f"`{name}.{key}` is not a field of {type(getattr(config, name)).__name__} (it would be ignored); "
@@ -295,4 +334,4 @@ def _check_unknown_keys(config):
                 )
 
 
-__all__ = ["MSPTConfig"]
+__all__ = ["MSPTConfig", "VISION_MODEL_TYPES", "unsupported_vision_message"]

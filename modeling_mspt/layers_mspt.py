@@ -29,19 +29,23 @@ class MSPTTextEmbeddings(nn.Module):
 
 
 class MSPTVisionEmbeddings(nn.Module):
-    """CLIP embeddings of the whole image (CLS + patches, fixing D11) followed by optional object-crop patches with
-    their own learned positions (the reference's aux crops, §2.1), then CLIP's pre-LayerNorm."""
+    """Embeddings of the whole image (CLS + patches + learned positions, fixing D11) followed by optional object-crop
+    patches with their own learned positions (the reference's aux crops, §2.1); then the tower family's own last step:
+    CLIP's pre-LayerNorm, or the embedding dropout of DINOv2 and ViT (which have no pre-LayerNorm and a bias on the
+    patch projection). One set of names for every family; loading_mspt.py maps each checkpoint onto it."""
 
     def __init__(self, config: MSPTConfig):
         super().__init__()
         v = config.vision_config
+        clip = v.model_type == "clip_vision_model"
         self.patch_size = v.patch_size
         self.class_embedding = nn.Parameter(torch.empty(v.hidden_size))
-        self.patch_embedding = nn.Conv2d(v.num_channels, v.hidden_size, v.patch_size, stride=v.patch_size, bias=False)
+        self.patch_embedding = nn.Conv2d(v.num_channels, v.hidden_size, v.patch_size, v.patch_size, bias=not clip)
         self.position_embedding = nn.Embedding((v.image_size // v.patch_size) ** 2 + 1, v.hidden_size)
         num_aux_tokens = config.num_aux_images * (config.aux_image_size // v.patch_size) ** 2
         self.aux_position_embedding = nn.Embedding(num_aux_tokens, v.hidden_size) if num_aux_tokens else None
-        self.pre_layernorm = nn.LayerNorm(v.hidden_size, eps=v.layer_norm_eps)
+        self.pre_layernorm = nn.LayerNorm(v.hidden_size, eps=v.layer_norm_eps) if clip else None
+        self.dropout = nn.Dropout(getattr(v, "hidden_dropout_prob", 0.0))
 
     def _patches(self, pixel_values):
         return self.patch_embedding(pixel_values).flatten(2).transpose(1, 2)  # [N, patches, D]
@@ -54,6 +58,8 @@ class MSPTVisionEmbeddings(nn.Module):
             crops = self._patches(aux_pixel_values.flatten(0, 1))  # [B * num_aux, p, D]
             crops = crops.reshape(batch, -1, crops.shape[-1]) + self.aux_position_embedding.weight
             hidden_states = torch.cat([hidden_states, crops], dim=1)
+        if self.pre_layernorm is None:
+            return self.dropout(hidden_states)
         return self.pre_layernorm(hidden_states)
 
 
@@ -62,14 +68,14 @@ class MSPTAttention(nn.Module):
     """Multi-head self-attention. Without `own_key` (interaction layers in the "bank" and "reference" modes) there is
     no `k_proj` and the key is the shared one; with it and a shared key ("additive" mode) the two are summed."""
 
-    def __init__(self, hidden_size, num_heads, dropout, own_key: bool = True):
+    def __init__(self, hidden_size, num_heads, dropout, own_key: bool = True, qkv_bias: bool = True):
         super().__init__()
         self.num_heads, self.head_dim = num_heads, hidden_size // num_heads
         self.scale = self.head_dim**-0.5
         self.dropout = dropout
-        self.q_proj = nn.Linear(hidden_size, hidden_size)
-        self.k_proj = nn.Linear(hidden_size, hidden_size) if own_key else None
-        self.v_proj = nn.Linear(hidden_size, hidden_size)
+        self.q_proj = nn.Linear(hidden_size, hidden_size, bias=qkv_bias)
+        self.k_proj = nn.Linear(hidden_size, hidden_size, bias=qkv_bias) if own_key else None
+        self.v_proj = nn.Linear(hidden_size, hidden_size, bias=qkv_bias)
         self.out_proj = nn.Linear(hidden_size, hidden_size)
 
     def _heads(self, x):
@@ -108,25 +114,46 @@ class MSPTMLP(nn.Module):
         return self.fc2(self.act(self.fc1(hidden_states)))
 
 
-class MSPTLayer(nn.Module):
-    """A transformer layer: post-LayerNorm for the BERT stream, pre-LayerNorm for the CLIP stream."""
+def _drop_path(hidden_states, p: float, training: bool):
+    """Stochastic depth: the residual branch dropped for whole samples with probability p (DINOv2's drop_path_rate)."""
+    if not training or p == 0.0:
+        return hidden_states
+    keep = torch.rand(hidden_states.shape[0], 1, 1, device=hidden_states.device) >= p
+    return hidden_states * keep.to(hidden_states.dtype) / (1 - p)
 
-    def __init__(self, stream_config, own_key: bool, pre_norm: bool):
+
+class MSPTLayer(nn.Module):
+    """A transformer layer of the stream `stream_config` describes (its `model_type`): post-LayerNorm for BERT;
+    pre-LayerNorm for the vision towers, with DINOv2's layer-scale (`layer_scale1` on the attention output,
+    `layer_scale2` on the MLP output, and its stochastic depth) and ViT's dropout on both branches."""
+
+    def __init__(self, stream_config, own_key: bool):
         super().__init__()
         c = stream_config
+        kind = c.model_type
         attn_dropout = getattr(c, "attention_probs_dropout_prob", getattr(c, "attention_dropout", 0.0))
-        self.pre_norm = pre_norm
-        self.attention = MSPTAttention(c.hidden_size, c.num_attention_heads, attn_dropout, own_key)
+        intermediate = int(c.hidden_size * c.mlp_ratio) if kind == "dinov2" else c.intermediate_size
+        self.pre_norm = kind != "bert"
+        self.attention = MSPTAttention(c.hidden_size, c.num_attention_heads, attn_dropout, own_key,
+                                       qkv_bias=getattr(c, "qkv_bias", True))  # fmt: skip
         self.layer_norm1 = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
-        self.mlp = MSPTMLP(c.hidden_size, c.intermediate_size, c.hidden_act)
+        self.mlp = MSPTMLP(c.hidden_size, intermediate, c.hidden_act)
         self.layer_norm2 = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
-        self.dropout = nn.Dropout(getattr(c, "hidden_dropout_prob", 0.0))
+        self.dropout = nn.Dropout(c.hidden_dropout_prob if kind in ("bert", "vit") else 0.0)
+        self.layerscale_value = c.layerscale_value if kind == "dinov2" else None
+        self.layer_scale1 = nn.Parameter(torch.empty(c.hidden_size)) if kind == "dinov2" else None
+        self.layer_scale2 = nn.Parameter(torch.empty(c.hidden_size)) if kind == "dinov2" else None
+        self.drop_path = c.drop_path_rate if kind == "dinov2" else 0.0
+
+    def _residual(self, hidden_states, branch, scale):
+        branch = self.dropout(branch) if scale is None else branch * scale
+        return hidden_states + _drop_path(branch, self.drop_path, self.training)
 
     def forward(self, hidden_states, attention_bias, shared_key=None, return_scores=False):
         if self.pre_norm:
             attn, scores = self.attention(self.layer_norm1(hidden_states), attention_bias, shared_key, return_scores)
-            hidden_states = hidden_states + attn
-            hidden_states = hidden_states + self.mlp(self.layer_norm2(hidden_states))
+            hidden_states = self._residual(hidden_states, attn, self.layer_scale1)
+            hidden_states = self._residual(hidden_states, self.mlp(self.layer_norm2(hidden_states)), self.layer_scale2)
         else:
             attn, scores = self.attention(hidden_states, attention_bias, shared_key, return_scores)
             hidden_states = self.layer_norm1(hidden_states + self.dropout(attn))
@@ -197,10 +224,10 @@ class MSPTEncoder(nn.Module):
         self.num_interaction_layers = n
         keep = config.shared_key_mode == "additive"  # interaction layers keep their own key projection
         self.text_layers = nn.ModuleList(
-            [MSPTLayer(t, keep or i < t.num_hidden_layers - n, pre_norm=False) for i in range(t.num_hidden_layers)]
+            [MSPTLayer(t, keep or i < t.num_hidden_layers - n) for i in range(t.num_hidden_layers)]
         )
         self.vision_layers = nn.ModuleList(
-            [MSPTLayer(v, keep or i < v.num_hidden_layers - n, pre_norm=True) for i in range(v.num_hidden_layers)]
+            [MSPTLayer(v, keep or i < v.num_hidden_layers - n) for i in range(v.num_hidden_layers)]
         )
         heads, head_dim = t.num_attention_heads, t.hidden_size // t.num_attention_heads
         self.interaction = nn.ModuleList(
@@ -235,4 +262,4 @@ class MSPTEncoder(nn.Module):
         return text_states, vision_states, text_maps, vision_maps
 
 
-__all__ = ["MSPTEncoder", "MSPTInteractionParameters", "MSPTTextEmbeddings", "MSPTVisionEmbeddings"]
+__all__ = ["MSPTEncoder", "MSPTInteractionParameters", "MSPTLayer", "MSPTTextEmbeddings", "MSPTVisionEmbeddings"]

@@ -1,7 +1,7 @@
-"""MSPT: a BERT text stream and a CLIP-ViT vision stream run layer by layer; the last `num_interaction_layers` layers of
-both streams replace their self-key by a learnable key shared by the two modalities plus a modality attention bias
-(reference notes §2). Heads for relation extraction (§2.4, MRE) and NER with a CRF (§2.4, MNER) return per-modality logits from
-the split head weight for gradient modulation (§3.1, with the D6 fix).
+"""MSPT: a BERT text stream and a vision stream (CLIP vision, DINOv2 or ViT) run layer by layer; the last
+`num_interaction_layers` layers of both streams replace their self-key by a learnable key shared by the two modalities
+plus a modality attention bias (reference notes §2). Heads for relation extraction (§2.4, MRE) and NER with a CRF
+(§2.4, MNER) return per-modality logits from the split head weight for gradient modulation (§3.1, with the D6 fix).
 """
 
 from dataclasses import dataclass
@@ -15,7 +15,7 @@ from transformers.utils import ModelOutput, logging
 
 from .configuration_mspt import MSPTConfig
 from .crf_mspt import MSPTCRF
-from .layers_mspt import MSPTEncoder, MSPTInteractionParameters, MSPTTextEmbeddings, MSPTVisionEmbeddings
+from .layers_mspt import MSPTEncoder, MSPTInteractionParameters, MSPTLayer, MSPTTextEmbeddings, MSPTVisionEmbeddings
 from .loading_mspt import check_architecture, load_towers
 
 logger = logging.get_logger(__name__)
@@ -46,8 +46,11 @@ class MSPTInteractionAttentions(ModelOutput):
 class MSPTModelOutput(ModelOutput):
     r"""
     text_last_hidden_state (`[batch, text_len, hidden]`): last text-stream states.
-    vision_last_hidden_state (`[batch, vision_len, hidden]`): last vision-stream states (no post-LayerNorm).
-    vision_pooler_output (`[batch, hidden]`): post-LayerNorm vision CLS, zeroed where `image_mask` is 0.
+    vision_last_hidden_state (`[batch, vision_len, hidden]`): last vision-stream states, before the tower's final
+        LayerNorm (CLIP's `post_layernorm`, DINOv2's and ViT's `layernorm`; for DINOv2/ViT the tower's own
+        `last_hidden_state` is this with that norm applied: `model.vision_post_layernorm(vision_last_hidden_state)`).
+    vision_pooler_output (`[batch, hidden]`): the final LayerNorm of the vision CLS, zeroed where `image_mask` is 0
+        (CLIP's and DINOv2's `pooler_output`; ViT's pooler, a dense+tanh layer, is not used).
     interaction_attentions ([`MSPTInteractionAttentions`]): with `output_interaction_attentions=True`.
     """
 
@@ -127,6 +130,9 @@ class MSPTPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, MSPTVisionEmbeddings):
             init.normal_(module.class_embedding, std=module.class_embedding.shape[0] ** -0.5)
+        elif isinstance(module, MSPTLayer) and module.layer_scale1 is not None:  # DINOv2's layer-scale
+            init.constant_(module.layer_scale1, module.layerscale_value)
+            init.constant_(module.layer_scale2, module.layerscale_value)
         elif isinstance(module, MSPTInteractionParameters):
             module.reset_parameters()  # zeros in "additive" mode, else xavier_uniform_ as the reference (§2.3)
         elif isinstance(module, MSPTCRF):
@@ -165,12 +171,16 @@ class MSPTPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_text_vision_pretrained(cls, text_model_name_or_path, vision_model_name_or_path, **kwargs):
-        """Build a model whose streams are a BERT checkpoint and a CLIP (or CLIP-vision) checkpoint.
+        """Build a model whose streams are a BERT checkpoint and a vision checkpoint: CLIP (or CLIP-vision), DINOv2
+        or ViT, the family read from its config.json.
 
         Every tower tensor is copied and checked; tensors that are new (shared key, biases, crop positions, head,
         CRF, extra vocabulary rows for the RE markers) are logged. Keyword arguments go to `MSPTConfig`
-        (`id2label`, `max_text_length`, ...); `vocab_size` larger than the checkpoint's grows the word embeddings.
-        Raises `ValueError` if a checkpoint is not of the expected family or a tower tensor does not match.
+        (`id2label`, `max_text_length`, ...); `vocab_size` larger than the checkpoint's grows the word embeddings;
+        `image_size` (default: the checkpoint's) is the side the vision stream sees: when its patch grid differs from
+        the checkpoint's, the position embeddings are resampled once here (bicubic, as `Dinov2Model` does at every
+        forward) and the load report says so.
+        Raises `ValueError` if a checkpoint is not of a supported family or a tower tensor does not match.
         """
         return load_towers(cls, text_model_name_or_path, vision_model_name_or_path, **kwargs)
 
