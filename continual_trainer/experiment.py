@@ -22,7 +22,10 @@ class ModelArguments:
                                         "trained from scratch (the offline demo)."}
     )  # fmt: skip
     vision_model: str | None = field(
-        default=None, metadata={"help": "CLIP or CLIP-vision checkpoint, e.g. openai/clip-vit-base-patch32; or "
+        default=None, metadata={"help": "Vision tower checkpoint (Hub id or local dir), the family read from its "
+                                        "config.json: CLIP or CLIP-vision (openai/clip-vit-base-patch32), DINOv2 "
+                                        "(facebook/dinov2-small) or ViT (docs/vision-towers.md). The image size is "
+                                        "its image processor's crop (position embeddings resampled to that grid). Or "
                                         "'random': a randomly initialised CLIP vision tower with the text tower's width "
                                         "and heads and num_interaction_layers layers (32 px, 16 px patches), for "
                                         "runs without images (every image is absent: image_mask=0)."}
@@ -162,8 +165,9 @@ def build_model(args: ModelArguments, benchmark, max_text_length: int):
             if vision_path == "random":
                 vision_path = random_vision_tower(text_path, args.num_interaction_layers, folder)
             processor = MSPTProcessor.from_text_vision_pretrained(text_path, vision_path, max_length=max_text_length)
+            # The stream sees the processor's images: e.g. DINOv2's 224 px crop, its 518 px position grid resampled.
             model = model_class.from_text_vision_pretrained(text_path, vision_path, vocab_size=len(processor.tokenizer),
-                                                            **common)  # fmt: skip
+                                                            image_size=processor.image_size, **common)  # fmt: skip
         return model, processor
     processor = MSPTProcessor.from_word_vocabulary(benchmark.vocabulary(), image_size=args.tiny_image_size,
                                                    max_length=max_text_length)  # fmt: skip

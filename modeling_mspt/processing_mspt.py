@@ -1,4 +1,5 @@
-"""MSPTProcessor: a BERT tokenizer and a CLIP image processor behind one call, for both MSPT tasks.
+"""MSPTProcessor: a BERT tokenizer and the vision tower's image processor (CLIP, DINOv2, ViT) behind one call, for both
+MSPT tasks.
 
 - Relation extraction: entity markers `<s> … </s>` around the head and `<o> … </o>` around the tail, from word spans
   `[start, end)` (reference notes §2.1). Unlike the reference, a closing marker is emitted at the end of the sentence too (D23).
@@ -22,13 +23,16 @@ from typing import NamedTuple
 import torch
 from PIL import Image, ImageOps, JpegImagePlugin
 from transformers import (
+    AutoConfig,
     AutoImageProcessor,
     AutoTokenizer,
     BatchFeature,
     BertTokenizer,
+    BitImageProcessorPil,
     CLIPImageProcessorPil,
     ProcessorMixin,
 )
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
@@ -142,7 +146,8 @@ def image_reference(image) -> str:
 class MSPTProcessor(ProcessorMixin):
     r"""
     Args:
-        image_processor: a CLIP image processor (sets the whole-image size).
+        image_processor: the vision tower's image processor (CLIP, DINOv2, ViT; its crop size is the whole-image size
+            and its mean/std the tower's normalisation).
         tokenizer: a BERT tokenizer; the four RE entity markers are added to it as special tokens if missing, so
             `len(tokenizer)` is the vocabulary size the model needs.
         max_length (`int`, defaults to 80): truncation length in sub-tokens (= `MSPTConfig.max_text_length`).
@@ -161,9 +166,29 @@ class MSPTProcessor(ProcessorMixin):
 
     @classmethod
     def from_text_vision_pretrained(cls, text_model_name_or_path, vision_model_name_or_path, **kwargs):
-        """Tokenizer from the text checkpoint, image processor from the vision checkpoint."""
+        """Tokenizer from the text checkpoint, image processor from the vision checkpoint (the tower's own resizing
+        and normalisation). A local DINOv2 folder without `preprocessor_config.json` (a bare `save_pretrained` of the
+        tower) gets the DINOv2 family's processor (`dinov2_image_processor`), with a warning; a local CLIP or ViT folder
+        without one raises, since their normalisation differs between checkpoints."""
         tokenizer = AutoTokenizer.from_pretrained(text_model_name_or_path)
-        image_processor = AutoImageProcessor.from_pretrained(vision_model_name_or_path)
+        vision = vision_model_name_or_path
+        if os.path.isdir(vision) and not os.path.isfile(os.path.join(vision, "preprocessor_config.json")):
+            config = AutoConfig.from_pretrained(vision)
+            if config.model_type != "dinov2":
+                raise ValueError(
+                    f"The vision checkpoint {str(vision)!r} ({config.model_type}) has no preprocessor_config.json, so "
+                    "its image size and normalisation are unknown (they differ between checkpoints of this family). "
+                    "Save the image processor the tower was trained with next to it "
+                    "(`image_processor.save_pretrained(folder)`)."
+                )
+            image_processor = dinov2_image_processor(config.image_size, config.patch_size)
+            logger.warning(
+                f"The DINOv2 checkpoint {str(vision)!r} has no preprocessor_config.json: using DINOv2's own "
+                f"preprocessing (ImageNet mean/std, resize to {image_processor.size['shortest_edge']} px, centre crop "
+                f"{image_processor.crop_size['height']} px); save an image processor there to choose another."
+            )
+        else:
+            image_processor = AutoImageProcessor.from_pretrained(vision)
         return cls(image_processor=image_processor, tokenizer=tokenizer, **kwargs)
 
     @classmethod
@@ -176,6 +201,15 @@ class MSPTProcessor(ProcessorMixin):
         crop = {"height": image_size, "width": image_size}
         image_processor = CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size=crop)
         return cls(image_processor=image_processor, tokenizer=tokenizer, **kwargs)
+
+    @property
+    def image_size(self) -> int:
+        """Side of the whole image in pixels: the image processor's centre crop (CLIP, DINOv2) or its fixed size (ViT).
+        The model's `vision_config.image_size` must equal it (`build_model` passes it to
+        `from_text_vision_pretrained`)."""
+        ip = self.image_processor
+        size = ip.crop_size if getattr(ip, "do_center_crop", False) and getattr(ip, "crop_size", None) else ip.size
+        return size["height"] or size["shortest_edge"]
 
     def marker_ids(self):
         return self.tokenizer.convert_tokens_to_ids(list(RE_MARKERS))
@@ -304,7 +338,7 @@ class MSPTProcessor(ProcessorMixin):
         return self.image_processor(images, return_tensors="pt", **kwargs)["pixel_values"]  # fmt: skip
 
     def _images(self, images, batch):
-        size = self.image_processor.crop_size["height"]
+        size = self.image_size
         pixel_values = torch.zeros(batch, 3, size, size)
         image_mask = torch.zeros(batch, dtype=torch.long)
         loaded = [_load(img) for img in images or [None] * batch]
@@ -326,6 +360,16 @@ class MSPTProcessor(ProcessorMixin):
         return {"aux_pixel_values": aux_pixel_values, "aux_mask": aux_mask}
 
 
+def dinov2_image_processor(image_size: int, patch_size: int) -> BitImageProcessorPil:
+    """The preprocessing the facebook/dinov2-* checkpoints ship: ImageNet mean/std, shortest edge resized to 256/224
+    of the crop, a centre crop of 224 px (16 x 16 patches of 14 px; the position table, trained at 518 px, is resampled
+    to that grid at load time) or of the tower's own image size when that is smaller (tiny test towers)."""
+    crop = min(224 // patch_size, image_size // patch_size) * patch_size
+    return BitImageProcessorPil(size={"shortest_edge": round(crop * 256 / 224)},
+                                crop_size={"height": crop, "width": crop},
+                                image_mean=IMAGENET_DEFAULT_MEAN, image_std=IMAGENET_DEFAULT_STD)  # fmt: skip
+
+
 def _load(image):
     """`load_image` for a processor call: the RGB image, or `None` with one warning per file and problem."""
     decoded = load_image(image)
@@ -336,4 +380,4 @@ def _load(image):
 
 MSPTProcessor.register_for_auto_class()
 
-__all__ = ["DECODE_MAX_PIXELS", "DecodedImage", "MSPTProcessor", "RE_MARKERS", "load_image"]
+__all__ = ["DECODE_MAX_PIXELS", "DecodedImage", "MSPTProcessor", "RE_MARKERS", "dinov2_image_processor", "load_image"]
