@@ -202,13 +202,11 @@ class MSPTConfig(PreTrainedConfig):
                 f"`num_interaction_layers` must be between 0 and the shallower stream's depth ({depth}), "
                 f"got {self.num_interaction_layers}."
             )
-        if self.num_interaction_layers > 0 and (
-            t.hidden_size != v.hidden_size or t.num_attention_heads != v.num_attention_heads
-        ):
+        if self.num_interaction_layers > 0 and t.hidden_size != v.hidden_size:
             raise ValueError(
-                "The shared key needs both streams to have the same `hidden_size` and `num_attention_heads`: "
-                f"text_config has {t.hidden_size}/{t.num_attention_heads}, vision_config has "
-                f"{v.hidden_size}/{v.num_attention_heads}. Pick matching towers or set `num_interaction_layers=0`."
+                "The shared key needs both streams to have the same `hidden_size` (the head counts may differ): "
+                f"text_config has {t.hidden_size}, vision_config has {v.hidden_size}. Pick towers of the same width "
+                "or set `num_interaction_layers=0`."
             )
         _check_int("max_text_length", self.max_text_length, 1)
         if self.max_text_length > t.max_position_embeddings:

@@ -182,16 +182,22 @@ class MSPTInteractionParameters(nn.Module):
     row j is `sum_i dL/dS_ij q_i / sqrt(d)` summed over both streams, non-zero from the first step. The biases are
     kept rather than left out (the continual trainer gives them their own role and learning rate) and start at zero
     for the same reason: any non-zero start would change the pretrained layer.
+
+    Streams with different head counts (MiniLM: 12 x 32, DINOv2-S: 6 x 64; same width): the key is stored split by the
+    text stream's heads and the vision stream reads the same vector per position in model space, split by its own
+    heads (`key`), just as each stream splits its own `k_proj` output. Each modality bias has its stream's heads.
     """
 
-    def __init__(self, config: MSPTConfig, heads: int, head_dim: int):
+    def __init__(self, config: MSPTConfig):
         super().__init__()
+        t, v = config.text_config, config.vision_config
         len_t, len_v = config.max_text_length, config.vision_seq_length
         self.mode = config.shared_key_mode
         rows = 1 if self.mode == "reference" else max(len_t, len_v)
-        self.shared_key = nn.Parameter(torch.empty(heads, rows, head_dim))
+        heads = t.num_attention_heads
+        self.shared_key = nn.Parameter(torch.empty(heads, rows, t.hidden_size // heads))
         self.text_attention_bias = nn.Parameter(torch.empty(heads, len_t, len_t))
-        self.vision_attention_bias = nn.Parameter(torch.empty(heads, len_v, len_v))
+        self.vision_attention_bias = nn.Parameter(torch.empty(v.num_attention_heads, len_v, len_v))
 
     def reset_parameters(self):
         """Initialise the key and the biases: zeros in "additive" mode (the layer starts as the pretrained one),
@@ -201,9 +207,13 @@ class MSPTInteractionParameters(nn.Module):
         for p in (self.shared_key, self.text_attention_bias, self.vision_attention_bias):
             fill(p)
 
-    def key(self, length: int) -> torch.Tensor:
-        """The key for a stream of `length` positions (replacing or added to its own key): [heads, length, head_dim]."""
-        key = self.shared_key
+    def key(self, length: int, heads: int) -> torch.Tensor:
+        """The key for a stream of `length` positions and `heads` heads (replacing or added to its own key):
+        [heads, length, width // heads]."""
+        key = self.shared_key  # [H_text, rows, d_text]
+        if heads != key.shape[0]:  # the same vector per position, split by this stream's heads
+            rows, width = key.shape[1], key.shape[0] * key.shape[2]
+            key = key.transpose(0, 1).reshape(rows, heads, width // heads).transpose(0, 1)
         return key[:, :length] if key.shape[1] > 1 else key.expand(-1, length, -1)
 
 
@@ -229,10 +239,8 @@ class MSPTEncoder(nn.Module):
         self.vision_layers = nn.ModuleList(
             [MSPTLayer(v, keep or i < v.num_hidden_layers - n) for i in range(v.num_hidden_layers)]
         )
-        heads, head_dim = t.num_attention_heads, t.hidden_size // t.num_attention_heads
-        self.interaction = nn.ModuleList(
-            [MSPTInteractionParameters(config, heads, head_dim) for _ in range(config.num_interaction_layers)]
-        )
+        self.heads = (t.num_attention_heads, v.num_attention_heads)
+        self.interaction = nn.ModuleList([MSPTInteractionParameters(config) for _ in range(n)])
 
     def forward(self, text_states, text_bias, vision_states, vision_bias, return_scores=False):
         """text_states [B, Lt, D], text_bias [B, 1, 1, Lt] additive padding mask; vision likewise.
@@ -253,9 +261,10 @@ class MSPTEncoder(nn.Module):
                 continue
             shared = self.interaction[j]
             v_bias = vision_bias + shared.vision_attention_bias
-            vision_states, v_scores = self.vision_layers[vi](vision_states, v_bias, shared.key(len_v), return_scores)
+            v_key, t_key = shared.key(len_v, self.heads[1]), shared.key(len_t, self.heads[0])
+            vision_states, v_scores = self.vision_layers[vi](vision_states, v_bias, v_key, return_scores)
             t_bias = text_bias + shared.text_attention_bias[:, :len_t, :len_t]
-            text_states, t_scores = self.text_layers[ti](text_states, t_bias, shared.key(len_t), return_scores)
+            text_states, t_scores = self.text_layers[ti](text_states, t_bias, t_key, return_scores)
             if return_scores:
                 text_maps.append(t_scores)
                 vision_maps.append(v_scores)

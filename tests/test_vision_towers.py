@@ -226,3 +226,31 @@ def test_build_model_takes_a_dinov2_folder_at_its_processors_image_size(towers):
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_mask")}
         logits = model.eval()(**inputs).logits
     assert logits.shape == (1, len(RE_LABELS)) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("mode", ["additive", "bank"])
+def test_streams_with_different_head_counts_share_one_key_in_model_space(towers, mode):
+    """MiniLM (384 = 12 x 32) with DINOv2-S (384 = 6 x 64): here BERT 4 x 8 with a DINOv2 of 2 x 16. Each stream splits
+    the same key vector per position by its own heads; the vision stream alone sends gradient to the shared key; in
+    "additive" mode the vision stream still starts as the tower."""
+    root = towers[0]
+    dinov2 = _perturbed(Dinov2Model(Dinov2Config(**dict(DINOV2, num_attention_heads=2))))
+    dinov2.save_pretrained(root / "dinov2_2heads")
+    model = MSPTModel.from_text_vision_pretrained(root / "bert", root / "dinov2_2heads", shared_key_mode=mode,
+                                                  num_interaction_layers=2, max_text_length=16).eval()  # fmt: skip
+    shared = model.encoder.interaction[0]
+    assert shared.shared_key.shape == (4, 17, 8) and shared.vision_attention_bias.shape == (2, 17, 17)
+    with torch.no_grad():
+        shared.shared_key.normal_()
+        text_key, vision_key = shared.key(17, 4), shared.key(17, 2)  # [4, 17, 8], [2, 17, 16]
+        torch.testing.assert_close(vision_key.transpose(0, 1).reshape(17, 32), text_key.transpose(0, 1).reshape(17, 32))
+        if mode == "additive":
+            shared.shared_key.zero_()
+            expected = dinov2(pixel_values=_pixels(16)).pooler_output
+            torch.testing.assert_close(_mspt_vision(model, _pixels(16))[1], expected, atol=ATOL, rtol=0)
+    input_ids = torch.randint(5, TEXT["vocab_size"], (3, 7))
+    out = model(input_ids=input_ids, pixel_values=_pixels(16), output_interaction_attentions=True)
+    assert out.interaction_attentions.text[0].shape == (3, 4, 7, 7)
+    assert out.interaction_attentions.vision[0].shape == (3, 2, 17, 17)
+    out.vision_pooler_output.square().sum().backward()
+    assert shared.shared_key.grad.abs().sum() > 0 and shared.vision_attention_bias.grad.abs().sum() > 0
