@@ -291,7 +291,7 @@ class MSPTKnowledgeGraphPipeline(Pipeline):
     def _re_images(self, posts: list[_Post]) -> tuple[torch.Tensor, torch.Tensor]:
         """Pixels of each post's image for the RE model, computed once per post and shared by its pairs."""
         image_processor = self.re_processor.image_processor
-        size = image_processor.crop_size["height"]
+        size = self.re_processor.image_size  # the crop (CLIP, DINOv2) or the fixed size (ViT)
         pixel_values = torch.zeros(len(posts), 3, size, size)
         image_mask = torch.zeros(len(posts), dtype=torch.long)
         present = [i for i, p in enumerate(posts) if p.image is not None]

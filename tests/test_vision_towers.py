@@ -23,6 +23,7 @@ from transformers import (
     Dinov2WithRegistersConfig,
     Dinov2WithRegistersModel,
     ViTConfig,
+    ViTImageProcessorPil,
     ViTModel,
 )
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -204,6 +205,13 @@ def test_processor_of_a_bare_dinov2_folder_uses_imagenet_normalisation(towers):
     torch.testing.assert_close(batch["pixel_values"][0, :, 8, 8], want, atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match=r"\(vit\) has no preprocessor_config\.json"):
         MSPTProcessor.from_text_vision_pretrained(root / "bert", root / "vit")
+
+
+def test_processor_with_a_vit_image_processor_has_no_crop_and_still_sizes_the_images(tiny_tokenizer):
+    processor = MSPTProcessor(ViTImageProcessorPil(size={"height": 16, "width": 16}), tiny_tokenizer, max_length=16)
+    assert processor.image_processor.crop_size is None and processor.image_size == 16
+    batch = processor([["the", "cat"], ["a", "dog"]], images=[Image.new("RGB", (40, 30)), None])
+    assert batch["pixel_values"].shape == (2, 3, 16, 16) and batch["image_mask"].tolist() == [1, 0]
 
 
 def test_build_model_takes_a_dinov2_folder_at_its_processors_image_size(towers):
