@@ -266,6 +266,8 @@ _TOWER_FIELDS = {
     **{f"vision_config:{kind}": {*_VISION_SIZES[kind], *_VISION_PROBABILITIES[kind], *_VISION_EXTRA[kind],
                                  "layer_norm_eps", "hidden_act"} for kind in VISION_MODEL_TYPES},
 }  # fmt: skip
+_OWN_FIELDS = ("text_config", "vision_config", "num_interaction_layers", "shared_key_mode", "max_text_length",
+               "num_aux_images", "aux_image_size", "re_pooling", "classifier_dropout", "id2label", "label2id")
 
 
 def unsupported_vision_message(model_type) -> str:
@@ -279,8 +281,6 @@ def unsupported_vision_message(model_type) -> str:
         "re-implemented layer by layer. Use a CLIP, DINOv2 or ViT checkpoint (e.g. facebook/dinov2-small), or add "
         "the family to layers_mspt.py and loading_mspt.py (docs/vision-towers.md)."
     )
-_OWN_FIELDS = ("text_config", "vision_config", "num_interaction_layers", "shared_key_mode", "max_text_length",
-               "num_aux_images", "aux_image_size", "re_pooling", "classifier_dropout", "id2label", "label2id")
 
 
 def _is_int(value) -> bool:

@@ -119,10 +119,7 @@ def _rename(name, rules):
     raise KeyError(name)
 
 
-def _load_tower(path, model_class, role, model_type=None):
-    model_type = model_type or AutoConfig.from_pretrained(path).model_type
-    if model_class is BertModel and model_type != "bert":
-        raise ValueError(f"{role} checkpoint {str(path)!r} has model_type {model_type!r}; expected one of ('bert',).")
+def _load_tower(path, model_class, role):
     tower, info = model_class.from_pretrained(path, output_loading_info=True)
     missing = [k for k in info["missing_keys"] if not k.startswith(("pooler.", "embeddings.mask_token"))]
     if missing or info.get("mismatched_keys"):
@@ -143,7 +140,7 @@ def _load_vision_tower(path, image_size):
         raise ValueError(f"Vision checkpoint {str(path)!r} has model_type {model_type!r}. "
                          + unsupported_vision_message(model_type))  # fmt: skip
     model_class, rules = _VISION_TOWERS[model_type]
-    config, state = _load_tower(path, model_class, "Vision", model_type)
+    config, state = _load_tower(path, model_class, "Vision")
     clip = model_class is CLIPVisionModel
     positions = "embeddings.position_embedding.weight" if clip else "embeddings.position_embeddings"
     for name in ("embeddings.cls_token", "embeddings.position_embeddings"):
@@ -175,6 +172,9 @@ def resample_positions(table: torch.Tensor, grid: int) -> torch.Tensor:
 
 
 def load_towers(cls, text_path, vision_path, output_loading_info=False, image_size=None, **config_kwargs):
+    text_type = AutoConfig.from_pretrained(text_path).model_type
+    if text_type != "bert":
+        raise ValueError(f"Text checkpoint {str(text_path)!r} has model_type {text_type!r}; expected 'bert'.")
     text_config, text_state = _load_tower(text_path, BertModel, "Text")
     vision_config, vision_state, vision_rules, resampled = _load_vision_tower(vision_path, image_size)
     text_dict = text_config.to_dict()
