@@ -4,6 +4,7 @@ another image size, the position embeddings resampled once at load time); unmatc
 raise clear errors; configs round-trip in-process and through trust_remote_code; the processor uses the tower's
 normalisation."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -262,3 +263,29 @@ def test_streams_with_different_head_counts_share_one_key_in_model_space(towers,
     assert out.interaction_attentions.vision[0].shape == (3, 2, 17, 17)
     out.vision_pooler_output.square().sum().backward()
     assert shared.shared_key.grad.abs().sum() > 0 and shared.vision_attention_bias.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", ["re", "ner"])
+def test_mspt_trains_continually_with_a_dinov2_stream_of_other_head_count(kind, synthetic_benchmarks, tmp_path):
+    """The continual trainer runs MSPT on a DINOv2 stream with half the text stream's heads: the teacher cache and the
+    attention distillation take each stream's own head count (the distillation term is logged and positive in task 2),
+    and the modulation scores the vision stream."""
+    from conftest import tiny_args
+
+    from continual_trainer import ContinualTrainer
+    from modeling_mspt import MSPTForTokenClassification
+
+    full = synthetic_benchmarks[kind]
+    bench = dataclasses.replace(full, tasks=full.tasks[:2])
+    processor = MSPTProcessor.from_word_vocabulary(bench.vocabulary(), image_size=32, max_length=24)
+    config = MSPTConfig(text_config=dict(TEXT, vocab_size=len(processor.tokenizer)),
+                        vision_config=dict(DINOV2, model_type="dinov2", num_attention_heads=2, image_size=32,
+                                           patch_size=8),
+                        id2label=dict(enumerate(bench.label_names)), num_interaction_layers=1, max_text_length=24)  # fmt: skip
+    torch.manual_seed(0)
+    model = (MSPTForRelationExtraction if kind == "re" else MSPTForTokenClassification)(config)
+    trainer = ContinualTrainer(model=model, args=tiny_args(tmp_path, "mspt"), processing_class=processor)
+    result = trainer.train_tasks(bench)
+    distillation = [float(log["distillation_loss"]) for log in trainer.state.log_history if "distillation_loss" in log]
+    assert distillation and max(distillation) > 0
+    assert result.modulation[0]["k_vision_mean"] < 1 or result.modulation[0]["k_text_mean"] < 1
