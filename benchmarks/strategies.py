@@ -236,10 +236,15 @@ def plan(args, records=()) -> list[RunSpec]:
 def _real_ablation_spec(row, benchmark, task, seed, model, data_fields, recipe) -> RunSpec:
     """One mechanism row on a real benchmark (suite `real_ablations`): the config's recipe with the row's overrides;
     γ stays the task's (TASK_HYPERPARAMETERS via task_type), as in the mspt preset's real runs."""
-    train_over, model_over, *preset = ABLATIONS[row]
-    preset = preset[0] if preset else "mspt"
+    train_over, model_over, preset = _ablation_row(row)
     return RunSpec("real_ablations", benchmark, task, row, preset, seed, data_fields, {**recipe, **train_over},
                    {**model, **model_over})
+
+
+def _ablation_row(name) -> tuple[dict, dict, str]:
+    """(training overrides, model overrides, preset) of an ABLATIONS row; the preset is mspt unless the row names one."""
+    train_over, model_over, *preset = ABLATIONS[name]
+    return train_over, model_over, preset[0] if preset else "mspt"
 
 
 def _model(task: str, key_mode: str) -> dict:
@@ -249,8 +254,7 @@ def _model(task: str, key_mode: str) -> dict:
 def _ablation_spec(name, key_mode, task, seed, abl_data, args, records, data) -> RunSpec | None:
     """One ablation row on one key mode (suite `ablations_<mode>`); None for a row that equals the mode's mspt or
     whose γ is not tuned yet on that mode."""
-    train_over, model_over, *preset = ABLATIONS[name]
-    preset = preset[0] if preset else "mspt"
+    train_over, model_over, preset = _ablation_row(name)
     if model_over.get("shared_key_mode") == key_mode:
         return None
     training = {"num_train_epochs": args.ablation_epochs or args.epochs, **_task_training(task, preset),

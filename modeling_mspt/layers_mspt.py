@@ -140,10 +140,11 @@ class MSPTLayer(nn.Module):
         self.mlp = MSPTMLP(c.hidden_size, intermediate, c.hidden_act)
         self.layer_norm2 = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
         self.dropout = nn.Dropout(c.hidden_dropout_prob if kind in ("bert", "vit") else 0.0)
-        self.layerscale_value = c.layerscale_value if kind == "dinov2" else None
-        self.layer_scale1 = nn.Parameter(torch.empty(c.hidden_size)) if kind == "dinov2" else None
-        self.layer_scale2 = nn.Parameter(torch.empty(c.hidden_size)) if kind == "dinov2" else None
-        self.drop_path = c.drop_path_rate if kind == "dinov2" else 0.0
+        dinov2 = kind == "dinov2"
+        self.layerscale_value = c.layerscale_value if dinov2 else None
+        self.layer_scale1 = nn.Parameter(torch.empty(c.hidden_size)) if dinov2 else None
+        self.layer_scale2 = nn.Parameter(torch.empty(c.hidden_size)) if dinov2 else None
+        self.drop_path = c.drop_path_rate if dinov2 else 0.0
 
     def _residual(self, hidden_states, branch, scale):
         branch = self.dropout(branch) if scale is None else branch * scale

@@ -143,16 +143,15 @@ def _load_vision_tower(path, image_size):
     config, state = _load_tower(path, model_class, "Vision")
     clip = model_class is CLIPVisionModel
     positions = "embeddings.position_embedding.weight" if clip else "embeddings.position_embeddings"
-    for name in ("embeddings.cls_token", "embeddings.position_embeddings"):
-        if name in state:
-            state[name] = state[name].flatten(0, -2) if name.endswith("position_embeddings") else state[name].flatten()
+    if not clip:  # [1, 1, D] -> [D], [1, N, D] -> [N, D]
+        state["embeddings.cls_token"] = state["embeddings.cls_token"].flatten()
+        state[positions] = state[positions].flatten(0, -2)
     resampled = []
     if image_size is not None and image_size != config.image_size:
         if not isinstance(image_size, int) or image_size < config.patch_size or image_size % config.patch_size:
             raise ValueError(f"`image_size` must be a positive multiple of the vision patch size "
                              f"({config.patch_size}), got {image_size!r}.")  # fmt: skip
-        old = math.isqrt(state[positions].shape[0] - 1)
-        new = image_size // config.patch_size
+        old, new = config.image_size // config.patch_size, image_size // config.patch_size
         state[positions] = resample_positions(state[positions], new)
         config.image_size = image_size
         resampled.append(f"{positions}: {old}x{old} -> {new}x{new} patches (bicubic)")

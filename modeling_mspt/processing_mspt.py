@@ -209,7 +209,7 @@ class MSPTProcessor(ProcessorMixin):
         `from_text_vision_pretrained`)."""
         ip = self.image_processor
         size = ip.crop_size if getattr(ip, "do_center_crop", False) and getattr(ip, "crop_size", None) else ip.size
-        return size["height"] or size["shortest_edge"]
+        return size.get("height") or size["shortest_edge"]
 
     def marker_ids(self):
         return self.tokenizer.convert_tokens_to_ids(list(RE_MARKERS))

@@ -45,6 +45,15 @@ def make_config(labels=RE_LABELS, text=None, vision=None, **kwargs):
                       id2label=dict(labels), **kwargs)  # fmt: skip
 
 
+def drop_checkpoint_tensor(folder, name):
+    """Delete one tensor from a `save_pretrained` folder's model.safetensors (an incomplete tower checkpoint)."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(Path(folder) / "model.safetensors")
+    del weights[name]
+    save_file(weights, Path(folder) / "model.safetensors", metadata={"format": "pt"})
+
+
 def make_inputs(config, batch=3, length=7, seed=0):
     g = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(5, config.text_config.vocab_size, (batch, length), generator=g)

@@ -3,10 +3,9 @@ MSPT streams reproduce BertModel and CLIPVisionModel outputs; wrong or incomplet
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 from transformers import BertConfig, BertModel, CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModel
 
-from conftest import RE_LABELS, TEXT, VISION
+from conftest import RE_LABELS, TEXT, VISION, drop_checkpoint_tensor
 from modeling_mspt import RE_MARKERS, MSPTForRelationExtraction, MSPTModel, MSPTProcessor
 
 
@@ -103,9 +102,7 @@ def test_wrong_checkpoint_family_raises(towers):
 
 def test_incomplete_checkpoint_raises_and_names_the_tensor(towers):
     root = towers[0]
-    weights = load_file(root / "bert" / "model.safetensors")
-    del weights["encoder.layer.1.intermediate.dense.weight"]
-    save_file(weights, root / "bert" / "model.safetensors", metadata={"format": "pt"})
+    drop_checkpoint_tensor(root / "bert", "encoder.layer.1.intermediate.dense.weight")
     with pytest.raises(ValueError, match=r"encoder\.layer\.1\.intermediate\.dense\.weight"):
         MSPTModel.from_text_vision_pretrained(root / "bert", root / "clip_vision", max_text_length=16)
 

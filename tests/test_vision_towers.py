@@ -14,7 +14,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
 from transformers import (
     BertConfig,
     BertModel,
@@ -29,7 +28,7 @@ from transformers import (
 )
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from conftest import HIDE_PACKAGE, RE_LABELS, TEXT
+from conftest import HIDE_PACKAGE, RE_LABELS, TEXT, drop_checkpoint_tensor
 from modeling_mspt import MSPTConfig, MSPTForRelationExtraction, MSPTModel, MSPTProcessor
 from modeling_mspt.loading_mspt import _VISION_TOWERS, _rename
 
@@ -139,9 +138,7 @@ def test_both_dinov2_attention_namings_map_to_the_same_tensors():
 
 def test_missing_dinov2_tensor_fails_and_names_it(towers):
     root = towers[0]
-    weights = load_file(root / "dinov2" / "model.safetensors")
-    del weights["encoder.layer.1.layer_scale2.lambda1"]
-    save_file(weights, root / "dinov2" / "model.safetensors", metadata={"format": "pt"})
+    drop_checkpoint_tensor(root / "dinov2", "encoder.layer.1.layer_scale2.lambda1")
     with pytest.raises(ValueError, match=r"encoder\.layer\.1\.layer_scale2\.lambda1"):
         MSPTModel.from_text_vision_pretrained(root / "bert", root / "dinov2", max_text_length=16,
                                               num_interaction_layers=2)
