@@ -25,6 +25,12 @@ training subset (drawn with the run's seed) and epochs. The split files come fro
 $MSPT_DATA_DIR). `REAL_CORE_PRESETS` run with every `--real-seeds`, the other presets with the first one (budget);
 EWC's λ and LwF's weight are the ones chosen on the synthetic validation splits (`--suite tuning`), not re-tuned on
 the real validation splits (budget; the report says so).
+
+The real recipe (`--suite recipe`): the configs' per-task training subset and epochs, chosen on the validation splits.
+`--recipe-grid` (default 1800x1 900x2 600x3 300x6: equal budgets, rows × epochs per task) runs `--recipe-strategy`
+(default replay) on `--recipe-benchmarks` with the tuning seeds; the table gives each recipe's validation metric after
+the last task and marks the best. The report also plots the accuracy matrix of the median MSPT run of each real
+benchmark (`<benchmark>_mspt_median_matrix.png`).
 """
 
 import argparse
@@ -117,6 +123,8 @@ REAL_BENCHMARKS = {
     "imre_sep10": ("re", "imre_sep10_minilm.json", "imre"),
     "imner_plom": ("ner", "imner_plom_minilm.json", os.path.join("imner", "twitter2017")),
 }
+# --suite recipe: equal budgets (rows × epochs per task = 1,800) around the real configs' 600 × 3.
+RECIPE_GRID = ("1800x1", "900x2", "600x3", "300x6")
 REAL_CORE_PRESETS = ("finetune", "replay", "derpp", "mspt", "joint")  # every seed; the other presets the first only
 # The mechanism rows on real text (issue 13), every --real-seeds, on --real-ablation-benchmarks. The real configs have
 # no images, so the modulation has nothing to balance (every sample is left out of both scores: k = 1, see
@@ -206,6 +214,18 @@ def plan(args, records=()) -> list[RunSpec]:
                             spec = _ablation_spec(name, key_mode, task, seed, abl_data, args, records, data)
                             if spec is not None:
                                 specs.append(spec)
+        elif suite == "recipe":
+            # The per-task subset and epochs of the real configs, chosen on the validation splits at an equal budget
+            # (rows × epochs), with the tuning seeds (other subsets and initial weights than the reported seeds).
+            for name in args.recipe_benchmarks:
+                task, config_file, _ = REAL_BENCHMARKS[name]
+                for rows, epochs in (parse_recipe(item) for item in args.recipe_grid):
+                    size = [f"max_train_per_task={rows}", f"num_train_epochs={epochs}"]
+                    model, data_fields, recipe = real_recipe(config_file, [*args.real_overrides, *size])
+                    model = {"shared_key_mode": args.shared_key, **model}
+                    for seed in args.tuning_seeds:
+                        specs.append(RunSpec(suite, name, task, f"{args.recipe_strategy} {rows}x{epochs}",
+                                             args.recipe_strategy, seed, data_fields, recipe, model))  # fmt: skip
         elif suite == "real":
             # seed by seed, so that a sweep stopped early holds whole tables of its first seeds
             for i, seed in enumerate(args.real_seeds):
@@ -231,6 +251,14 @@ def plan(args, records=()) -> list[RunSpec]:
                         specs += [_real_ablation_spec(row, name, task, seed, model, data_fields, recipe)
                                   for row in args.real_ablations]  # fmt: skip
     return specs
+
+
+def parse_recipe(item: str) -> tuple[int, int]:
+    """"600x3" -> (600 training rows per task, 3 epochs)."""
+    rows, sep, epochs = item.lower().partition("x")
+    if not (sep and rows.isdigit() and epochs.isdigit() and int(rows) > 0 and int(epochs) > 0):
+        raise argparse.ArgumentTypeError(f"--recipe-grid: {item!r} is not ROWSxEPOCHS (positive integers, e.g. 600x3)")
+    return int(rows), int(epochs)
 
 
 def _real_ablation_spec(row, benchmark, task, seed, model, data_fields, recipe) -> RunSpec:
@@ -490,12 +518,62 @@ def report(specs: list[RunSpec], records: list[dict], tuning_seeds=(100,)) -> st
                              "better; forgetting: lower is better; \"tie\" when the interval holds 0):\n\n"
                              + markdown_table(["row", "Δ final average", "row higher", "Δ forgetting", "row lower"],
                                               diff_rows))  # fmt: skip
+    parts += recipe_report(specs, by_key)
     planned = {spec.key() for spec in specs}
     failed = [r for r in records if "error" in r and r["key"] in planned and r["key"] not in by_key]
     if failed:
         parts.append("Failed runs:\n\n" + "\n".join(f"- {r['suite']}/{r['task']}/{r['variant']}/seed {r['seed']}: "
                                                      f"{r['error']}" for r in failed))  # fmt: skip
     return "\n\n".join(parts)
+
+
+def recipe_report(specs: list[RunSpec], by_key: dict) -> list[str]:
+    """--suite recipe: each subset × epochs of a real benchmark with its validation metric after the last task (mean
+    over the tuning seeds); the best is marked. The test metric is not shown: it chooses nothing."""
+    parts = []
+    for name in REAL_BENCHMARKS:
+        runs = {}
+        for spec in specs:
+            record = by_key.get(spec.key())
+            if spec.suite == "recipe" and spec.benchmark == name and record:
+                runs.setdefault(spec.variant, []).append(record)
+        if not runs:
+            continue
+        score = {v: float(np.mean([r["validation"]["cumulative"] for r in rs])) for v, rs in runs.items()}
+        best = max(score, key=score.get)
+        _, data, training = real_recipe(REAL_BENCHMARKS[name][1])
+        rows = [[v, len(rs), f"{score[v]:.3f}", " ".join(f"{x:.2f}" for x in np.mean(
+                 [r["validation"]["slices"] for r in rs], axis=0)), f"{np.mean([r['wall_s'] for r in rs]):.0f}",
+                 f"{np.mean([r['cpu_s'] for r in rs]):.0f}", "**chosen**" if v == best else ""]
+                for v, rs in runs.items()]  # fmt: skip
+        seeds = sorted({r["seed"] for rs in runs.values() for r in rs})
+        parts.append(f"### recipe: {name} (validation {next(iter(runs.values()))[0]['metric']} after the last task, "
+                     f"seeds {seeds}; the config's: {data.get('max_train_per_task')}x{training.get('num_train_epochs')})\n\n"
+                     + markdown_table(["rows per task × epochs", "seeds", "validation", "per-task validation slices",
+                                       "wall s", "CPU s", ""], rows))  # fmt: skip
+    return parts
+
+
+def median_matrix_plots(specs: list[RunSpec], records: list[dict], output_dir: str, strategy="mspt") -> list[str]:
+    """The accuracy matrix of the median `strategy` run (by final average over the seeds) of every real benchmark,
+    as `<output_dir>/<benchmark>_<strategy>_median_matrix.png`; returns a line per plot for the report. With an even
+    number of seeds the lower of the two middle runs is the median."""
+    from continual_trainer.reporting import plot_accuracy_matrix
+
+    by_key = {r["key"]: r for r in records if "summary" in r}
+    lines = []
+    for name, (task, _, _) in REAL_BENCHMARKS.items():
+        runs = _rows_for(specs, by_key, "real", name, task, (strategy,)).get(strategy)
+        if not runs:
+            continue
+        ordered = sorted(runs.values(), key=lambda r: (r["summary"]["final_average"], r["seed"]))
+        median = ordered[(len(ordered) - 1) // 2]
+        path = os.path.join(output_dir, f"{name}_{strategy}_median_matrix.png")
+        plot_accuracy_matrix(median["matrix"], path, title=f"{name}, {strategy}, seed {median['seed']} "
+                                                           f"(median of {len(ordered)}): {median['metric']}")
+        lines.append(f"- {name}: accuracy matrix of the median {strategy} run (seed {median['seed']}, final average "
+                     f"{median['summary']['final_average']:.3f}, of {len(ordered)} seeds): `{os.path.basename(path)}`")
+    return lines
 
 
 # --------------------------------------------------------------------------------------------------------- main
@@ -546,7 +624,7 @@ def run_specs(planned, args, results_path, cache_dir, data_root):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--suite", nargs="+", default=["tuning", "presets", "ablations"],
-                        choices=["tuning", "presets", "ablations", "real"])  # fmt: skip
+                        choices=["tuning", "presets", "ablations", "real", "recipe"])  # fmt: skip
     parser.add_argument("--tuning-seeds", nargs="+", type=int, default=[100],
                         help="Seeds of the EWC / LwF grids (other data and initial weights than --seeds).")
     parser.add_argument("--tasks", nargs="+", default=["re", "ner"], choices=["re", "ner"])
@@ -581,6 +659,12 @@ def main(argv=None):
                         help="The real benchmarks that run --real-ablations (none: no mechanism rows).")
     parser.add_argument("--real-overrides", nargs="*", default=[], metavar="NAME=JSON",
                         help="Change the configs' recipe for every real run, e.g. max_train_per_task=200.")
+    parser.add_argument("--recipe-grid", nargs="+", default=list(RECIPE_GRID), metavar="ROWSxEPOCHS",
+                        help="--suite recipe: per-task training rows × epochs compared on validation (default: equal "
+                             "budgets of the real configs' 600x3).")  # fmt: skip
+    parser.add_argument("--recipe-benchmarks", nargs="+", default=["imre_sep5"], choices=list(REAL_BENCHMARKS))
+    parser.add_argument("--recipe-strategy", default="replay", choices=PRESETS,
+                        help="--suite recipe: the strategy whose validation metric after the last task chooses.")
     parser.add_argument("--workers", type=int, default=1, help="Runs in parallel, one process and one thread each.")
     parser.add_argument("--output-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "mspt-benchmarks-cache"),
@@ -591,6 +675,11 @@ def main(argv=None):
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--quick", action="store_true", help="Smoke run in seconds: tiny sizes, one seed.")
     args = parser.parse_args(argv)
+    for item in args.recipe_grid:
+        try:
+            parse_recipe(item)
+        except argparse.ArgumentTypeError as err:
+            parser.error(str(err))
     if args.quick:
         args.num_tasks, args.train_per_task, args.test_per_task, args.epochs = 2, 16, 8, 1
         args.ablation_num_tasks, args.ablation_train_per_task = 2, 16
@@ -602,6 +691,7 @@ def main(argv=None):
         args.real_benchmarks, args.real_seeds, args.real_presets = ["imre_sep5"], [0], ["mspt"]
         args.real_ablations, args.real_ablation_benchmarks = ["mspt", "shared_key_bank"], ["imre_sep5"]
         args.real_overrides = [*args.real_overrides, "max_train_per_task=4", "num_train_epochs=1"]
+        args.recipe_grid = ["4x1", "2x2"]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     os.makedirs(args.output_dir, exist_ok=True)
     name = "strategies_quick" if args.quick else "strategies"
@@ -621,6 +711,9 @@ def main(argv=None):
     planned = plan(args, tuning_records(args, results_path))
     records = read_jsonl(results_path)
     table = report(planned, records, args.tuning_seeds)
+    plots = median_matrix_plots(planned, records, args.output_dir)
+    if plots:
+        table += "\n\n" + "\n".join(plots)
     with open(os.path.join(args.output_dir, f"{name}.md"), "w", encoding="utf-8") as f:
         f.write(table + "\n")
     print(table)

@@ -21,7 +21,7 @@ def test_quick_modes_of_both_benchmark_scripts(tmp_path):
                       str(tmp_path / "step")],  # fmt: skip
         "strategies": [sys.executable, str(ROOT / "benchmarks" / "strategies.py"), "--quick", "--output-dir",
                        str(tmp_path / "strategies"), "--cache-dir", str(tmp_path / "cache"),
-                       "--suite", "tuning", "presets", "ablations", "real",
+                       "--suite", "tuning", "presets", "ablations", "real", "recipe",
                        "--data-dir", str(ROOT / "tests" / "fixtures")],  # fmt: skip
     }
     procs = {name: subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -61,9 +61,16 @@ def test_quick_modes_of_both_benchmark_scripts(tmp_path):
     table = (tmp_path / "strategies" / "strategies_quick.md").read_text()
     assert "### presets: synthetic/ner" in table and "each row minus mspt" in table
     assert "### real_ablations: imre_sep5/re" in table
+    # The recipe grid ran on the tuning seed and chose one recipe on validation; the median MSPT run is plotted.
+    recipes = [r for r in records if r["suite"] == "recipe"]
+    assert sorted((r["variant"], r["seed"], r["num_train"][0]) for r in recipes) == [("replay 2x2", 100, 2),
+                                                                                     ("replay 4x1", 100, 4)]
+    recipe_table = table.split("### recipe: imre_sep5")[1].split("###")[0]
+    assert recipe_table.count("**chosen**") == 1 and "| replay 2x2 | 1 |" in recipe_table
+    assert (tmp_path / "strategies" / "imre_sep5_mspt_median_matrix.png").read_bytes()[:4] == b"\x89PNG"
 
     # A second start finds every run recorded and trains nothing.
     again = subprocess.run(commands["strategies"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
-    assert "0 runs to do (20 already recorded" in again.stdout + again.stderr
+    assert "0 runs to do (22 already recorded" in again.stdout + again.stderr
     assert len((tmp_path / "strategies" / "strategies_quick.jsonl").read_text().splitlines()) == len(lines)
