@@ -114,10 +114,16 @@ class ContinualTrainer(Trainer):
                 streams[STREAM_OF_ROLE[role]].append(params[name])
         return dict(streams)
 
+    def get_decay_parameter_names(self, model) -> list[str]:
+        """`Trainer`'s list (no decay on norms and biases) without DINOv2's layer-scale vectors (`layer_scale1/2`):
+        they are per-channel gains like a norm's weight, and DINOv2's own training does not decay them either; decayed,
+        they would pull each residual branch toward zero."""
+        return [name for name in super().get_decay_parameter_names(model) if "layer_scale" not in name]
+
     def create_optimizer(self, model=None):
         """One group per stream, learning rate and decay (roles from `MSPTPreTrainedModel.parameter_roles`): streams at
         `learning_rate`, shared keys at `key_learning_rate`, attention biases at `bias_learning_rate`, head and CRF at
-        `head_learning_rate` (§7). No decay on norms and biases."""
+        `head_learning_rate` (§7). No decay on norms, biases and layer-scales (`get_decay_parameter_names`)."""
         if self.optimizer is not None:
             return self.optimizer
         args = self.args

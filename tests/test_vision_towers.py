@@ -286,3 +286,30 @@ def test_mspt_trains_continually_with_a_dinov2_stream_of_other_head_count(kind, 
     distillation = [float(log["distillation_loss"]) for log in trainer.state.log_history if "distillation_loss" in log]
     assert distillation and max(distillation) > 0
     assert result.modulation[0]["k_vision_mean"] < 1 or result.modulation[0]["k_text_mean"] < 1
+
+
+def test_dinov2_layer_scales_are_not_decayed(tmp_path):
+    """AdamW's decoupled decay shrinks a decayed tensor even when its gradient is zero: after one step with zero
+    gradients, DINOv2's layer-scale vectors keep their value while the stream's dense weights shrink."""
+    from conftest import tiny_args
+
+    from continual_trainer import ContinualTrainer
+
+    config = MSPTConfig(text_config=dict(TEXT, vocab_size=50), vision_config=dict(DINOV2, model_type="dinov2"),
+                        id2label=dict(enumerate(RE_LABELS)), num_interaction_layers=1, max_text_length=24)  # fmt: skip
+    model = MSPTForRelationExtraction(config)
+    args = dataclasses.replace(tiny_args(tmp_path, "finetune"), weight_decay=0.5)
+    trainer = ContinualTrainer(model=model, args=args)
+    optimizer = trainer.create_optimizer()
+    params = dict(model.named_parameters())
+    scales = [n for n in params if "layer_scale" in n]
+    dense = [n for n in params if n.startswith("mspt.encoder.vision_layers") and n.endswith("fc1.weight")]
+    assert scales and dense
+    before = {n: params[n].detach().clone() for n in scales + dense}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    for n in scales:
+        torch.testing.assert_close(params[n], before[n], rtol=0, atol=0, msg=n)
+    for n in dense:
+        assert params[n].abs().sum() < before[n].abs().sum(), n
