@@ -219,7 +219,7 @@ def plan(args, records=()) -> list[RunSpec]:
             # (rows × epochs), with the tuning seeds (other subsets and initial weights than the reported seeds).
             for name in args.recipe_benchmarks:
                 task, config_file, _ = REAL_BENCHMARKS[name]
-                for rows, epochs in (parse_recipe(item) for item in args.recipe_grid):
+                for rows, epochs in args.recipe_grid:
                     size = [f"max_train_per_task={rows}", f"num_train_epochs={epochs}"]
                     model, data_fields, recipe = real_recipe(config_file, [*args.real_overrides, *size])
                     model = {"shared_key_mode": args.shared_key, **model}
@@ -257,7 +257,7 @@ def parse_recipe(item: str) -> tuple[int, int]:
     """"600x3" -> (600 training rows per task, 3 epochs)."""
     rows, sep, epochs = item.lower().partition("x")
     if not (sep and rows.isdigit() and epochs.isdigit() and int(rows) > 0 and int(epochs) > 0):
-        raise argparse.ArgumentTypeError(f"--recipe-grid: {item!r} is not ROWSxEPOCHS (positive integers, e.g. 600x3)")
+        raise argparse.ArgumentTypeError(f"{item!r} is not ROWSxEPOCHS (positive integers, e.g. 600x3)")
     return int(rows), int(epochs)
 
 
@@ -542,13 +542,14 @@ def recipe_report(specs: list[RunSpec], by_key: dict) -> list[str]:
         score = {v: float(np.mean([r["validation"]["cumulative"] for r in rs])) for v, rs in runs.items()}
         best = max(score, key=score.get)
         _, data, training = real_recipe(REAL_BENCHMARKS[name][1])
+        config = f"{data.get('max_train_per_task')}x{training.get('num_train_epochs')}"
         rows = [[v, len(rs), f"{score[v]:.3f}", " ".join(f"{x:.2f}" for x in np.mean(
                  [r["validation"]["slices"] for r in rs], axis=0)), f"{np.mean([r['wall_s'] for r in rs]):.0f}",
                  f"{np.mean([r['cpu_s'] for r in rs]):.0f}", "**chosen**" if v == best else ""]
                 for v, rs in runs.items()]  # fmt: skip
         seeds = sorted({r["seed"] for rs in runs.values() for r in rs})
         parts.append(f"### recipe: {name} (validation {next(iter(runs.values()))[0]['metric']} after the last task, "
-                     f"seeds {seeds}; the config's: {data.get('max_train_per_task')}x{training.get('num_train_epochs')})\n\n"
+                     f"seeds {seeds}; the config's: {config})\n\n"
                      + markdown_table(["rows per task × epochs", "seeds", "validation", "per-task validation slices",
                                        "wall s", "CPU s", ""], rows))  # fmt: skip
     return parts
@@ -659,7 +660,8 @@ def main(argv=None):
                         help="The real benchmarks that run --real-ablations (none: no mechanism rows).")
     parser.add_argument("--real-overrides", nargs="*", default=[], metavar="NAME=JSON",
                         help="Change the configs' recipe for every real run, e.g. max_train_per_task=200.")
-    parser.add_argument("--recipe-grid", nargs="+", default=list(RECIPE_GRID), metavar="ROWSxEPOCHS",
+    parser.add_argument("--recipe-grid", nargs="+", type=parse_recipe, default=[parse_recipe(x) for x in RECIPE_GRID],
+                        metavar="ROWSxEPOCHS",
                         help="--suite recipe: per-task training rows × epochs compared on validation (default: equal "
                              "budgets of the real configs' 600x3).")  # fmt: skip
     parser.add_argument("--recipe-benchmarks", nargs="+", default=["imre_sep5"], choices=list(REAL_BENCHMARKS))
@@ -675,11 +677,6 @@ def main(argv=None):
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--quick", action="store_true", help="Smoke run in seconds: tiny sizes, one seed.")
     args = parser.parse_args(argv)
-    for item in args.recipe_grid:
-        try:
-            parse_recipe(item)
-        except argparse.ArgumentTypeError as err:
-            parser.error(str(err))
     if args.quick:
         args.num_tasks, args.train_per_task, args.test_per_task, args.epochs = 2, 16, 8, 1
         args.ablation_num_tasks, args.ablation_train_per_task = 2, 16
@@ -691,7 +688,7 @@ def main(argv=None):
         args.real_benchmarks, args.real_seeds, args.real_presets = ["imre_sep5"], [0], ["mspt"]
         args.real_ablations, args.real_ablation_benchmarks = ["mspt", "shared_key_bank"], ["imre_sep5"]
         args.real_overrides = [*args.real_overrides, "max_train_per_task=4", "num_train_epochs=1"]
-        args.recipe_grid = ["4x1", "2x2"]
+        args.recipe_grid = [(4, 1), (2, 2)]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     os.makedirs(args.output_dir, exist_ok=True)
     name = "strategies_quick" if args.quick else "strategies"
