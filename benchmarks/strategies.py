@@ -29,8 +29,9 @@ the real validation splits (budget; the report says so).
 The real recipe (`--suite recipe`): the configs' per-task training subset and epochs, chosen on the validation splits.
 `--recipe-grid` (default 1800x1 900x2 600x3 300x6: equal budgets, rows × epochs per task) runs `--recipe-strategy`
 (default replay) on `--recipe-benchmarks` with the tuning seeds; the table gives each recipe's validation metric after
-the last task and marks the best. The report also plots the accuracy matrix of the median MSPT run of each real
-benchmark (`<benchmark>_mspt_median_matrix.png`).
+the last task and marks the best. Run it with the real suite's output folder (`--suite real recipe --output-dir
+benchmarks/results/real`): a recipe run is a real run, so the records are shared and the report holds both. The report
+also plots the accuracy matrix of the median MSPT run of each real benchmark (`<benchmark>_mspt_median_matrix.png`).
 """
 
 import argparse
@@ -486,7 +487,9 @@ def tuning_report(records: list[dict], seeds, data: dict | None) -> list[str]:
     return parts
 
 
-def report(specs: list[RunSpec], records: list[dict], tuning_seeds=(100,)) -> str:
+def report(specs: list[RunSpec], records: list[dict], tuning_seeds=(100,), plot_dir: str | None = None) -> str:
+    """The markdown tables of the planned runs that have a record; with `plot_dir`, the accuracy matrices of the
+    median MSPT runs of the real benchmarks are plotted there too."""
     by_key = {r["key"]: r for r in records if "summary" in r}
     data = next((s.data for s in specs if s.suite in ("tuning", "presets")), None)
     parts = tuning_report(records, tuning_seeds, data)
@@ -519,6 +522,8 @@ def report(specs: list[RunSpec], records: list[dict], tuning_seeds=(100,)) -> st
                              + markdown_table(["row", "Δ final average", "row higher", "Δ forgetting", "row lower"],
                                               diff_rows))  # fmt: skip
     parts += recipe_report(specs, by_key)
+    if plot_dir is not None:
+        parts += median_matrix_plots(specs, records, plot_dir)
     planned = {spec.key() for spec in specs}
     failed = [r for r in records if "error" in r and r["key"] in planned and r["key"] not in by_key]
     if failed:
@@ -529,52 +534,67 @@ def report(specs: list[RunSpec], records: list[dict], tuning_seeds=(100,)) -> st
 
 def recipe_report(specs: list[RunSpec], by_key: dict) -> list[str]:
     """--suite recipe: each subset × epochs of a real benchmark with its validation metric after the last task (mean
-    over the tuning seeds); the best is marked. The test metric is not shown: it chooses nothing."""
+    over the tuning seeds, ± std with several); the best is marked once every recipe has a run for every tuning seed
+    (until then the table says what is missing and chooses nothing). An exact tie goes to the first in --recipe-grid
+    order, as in `tuned_value`. The test metric is not shown: it chooses nothing."""
     parts = []
     for name in REAL_BENCHMARKS:
-        runs = {}
-        for spec in specs:
+        planned = [s for s in specs if s.suite == "recipe" and s.benchmark == name]
+        if not planned:
+            continue
+        runs, missing = {}, []
+        for spec in planned:
             record = by_key.get(spec.key())
-            if spec.suite == "recipe" and spec.benchmark == name and record:
+            if record and "validation" in record:
                 runs.setdefault(spec.variant, []).append(record)
+            else:
+                missing.append(f"{spec.variant} seed {spec.seed}")
         if not runs:
             continue
-        score = {v: float(np.mean([r["validation"]["cumulative"] for r in rs])) for v, rs in runs.items()}
-        best = max(score, key=score.get)
+        score = {v: [r["validation"]["cumulative"] for r in rs] for v, rs in runs.items()}
+        best = None if missing else max(score, key=lambda v: float(np.mean(score[v])))
         _, data, training = real_recipe(REAL_BENCHMARKS[name][1])
-        config = f"{data.get('max_train_per_task')}x{training.get('num_train_epochs')}"
-        rows = [[v, len(rs), f"{score[v]:.3f}", " ".join(f"{x:.2f}" for x in np.mean(
-                 [r["validation"]["slices"] for r in rs], axis=0)), f"{np.mean([r['wall_s'] for r in rs]):.0f}",
+        config = f"{data.get('max_train_per_task') or 'all'}x{training.get('num_train_epochs')}"
+        rows = [[v, len(rs), _fmt(score[v]), " ".join(f"{x:.2f}" for x in np.mean([r["validation"]["slices"]
+                 for r in rs], axis=0)), f"{np.mean([r['wall_s'] for r in rs]):.0f}",
                  f"{np.mean([r['cpu_s'] for r in rs]):.0f}", "**chosen**" if v == best else ""]
                 for v, rs in runs.items()]  # fmt: skip
-        seeds = sorted({r["seed"] for rs in runs.values() for r in rs})
+        seeds = sorted({s.seed for s in planned})
+        note = f"\n\nIncomplete, nothing chosen yet; missing: {', '.join(missing)}." if missing else ""
         parts.append(f"### recipe: {name} (validation {next(iter(runs.values()))[0]['metric']} after the last task, "
-                     f"seeds {seeds}; the config's: {config})\n\n"
+                     f"mean ± std over tuning seeds {seeds}; the config's recipe: {config})\n\n"
                      + markdown_table(["rows per task × epochs", "seeds", "validation", "per-task validation slices",
-                                       "wall s", "CPU s", ""], rows))  # fmt: skip
+                                       "wall s", "CPU s", ""], rows) + note)  # fmt: skip
     return parts
 
 
-def median_matrix_plots(specs: list[RunSpec], records: list[dict], output_dir: str, strategy="mspt") -> list[str]:
-    """The accuracy matrix of the median `strategy` run (by final average over the seeds) of every real benchmark,
-    as `<output_dir>/<benchmark>_<strategy>_median_matrix.png`; returns a line per plot for the report. With an even
-    number of seeds the lower of the two middle runs is the median."""
-    from continual_trainer.reporting import plot_accuracy_matrix
-
+def median_runs(specs: list[RunSpec], records: list[dict], strategy="mspt") -> dict:
+    """{real benchmark: (the median `strategy` run by final average, number of seeds)}; with an even number of seeds
+    the lower of the two middle runs (ties by seed)."""
     by_key = {r["key"]: r for r in records if "summary" in r}
-    lines = []
+    out = {}
     for name, (task, _, _) in REAL_BENCHMARKS.items():
         runs = _rows_for(specs, by_key, "real", name, task, (strategy,)).get(strategy)
-        if not runs:
-            continue
-        ordered = sorted(runs.values(), key=lambda r: (r["summary"]["final_average"], r["seed"]))
-        median = ordered[(len(ordered) - 1) // 2]
+        if runs:
+            ordered = sorted(runs.values(), key=lambda r: (r["summary"]["final_average"], r["seed"]))
+            out[name] = (ordered[(len(ordered) - 1) // 2], len(ordered))
+    return out
+
+
+def median_matrix_plots(specs: list[RunSpec], records: list[dict], output_dir: str, strategy="mspt") -> list[str]:
+    """The accuracy matrix of the median `strategy` run of every real benchmark (`median_runs`), as
+    `<output_dir>/<benchmark>_<strategy>_median_matrix.png`; returns the report's section on them (empty without)."""
+    from continual_trainer.reporting import plot_accuracy_matrix
+
+    lines = []
+    for name, (run, n) in median_runs(specs, records, strategy).items():
+        which = "median" if n % 2 else "lower-middle"
         path = os.path.join(output_dir, f"{name}_{strategy}_median_matrix.png")
-        plot_accuracy_matrix(median["matrix"], path, title=f"{name}, {strategy}, seed {median['seed']} "
-                                                           f"(median of {len(ordered)}): {median['metric']}")
-        lines.append(f"- {name}: accuracy matrix of the median {strategy} run (seed {median['seed']}, final average "
-                     f"{median['summary']['final_average']:.3f}, of {len(ordered)} seeds): `{os.path.basename(path)}`")
-    return lines
+        plot_accuracy_matrix(run["matrix"], path, title=f"{name}, {strategy}, seed {run['seed']} ({which} of {n} "
+                                                        f"by final average): {run['metric']}")  # fmt: skip
+        lines.append(f"- {name}: seed {run['seed']}, the {which} of {n} by final average "
+                     f"({run['summary']['final_average']:.3f}): `{os.path.basename(path)}`")
+    return [f"### accuracy matrices of the median {strategy} runs\n\n" + "\n".join(lines)] if lines else []
 
 
 # --------------------------------------------------------------------------------------------------------- main
@@ -664,8 +684,10 @@ def main(argv=None):
                         metavar="ROWSxEPOCHS",
                         help="--suite recipe: per-task training rows × epochs compared on validation (default: equal "
                              "budgets of the real configs' 600x3).")  # fmt: skip
-    parser.add_argument("--recipe-benchmarks", nargs="+", default=["imre_sep5"], choices=list(REAL_BENCHMARKS))
-    parser.add_argument("--recipe-strategy", default="replay", choices=PRESETS,
+    parser.add_argument("--recipe-benchmarks", nargs="+", default=["imre_sep5"], choices=list(REAL_BENCHMARKS),
+                        help="--suite recipe: the real benchmarks whose recipe the grid chooses (IMNER's config trains "
+                             "on every row: give it a grid of its own).")  # fmt: skip
+    parser.add_argument("--recipe-strategy", default="replay", choices=[p for p in PRESETS if p not in TUNING],
                         help="--suite recipe: the strategy whose validation metric after the last task chooses.")
     parser.add_argument("--workers", type=int, default=1, help="Runs in parallel, one process and one thread each.")
     parser.add_argument("--output-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
@@ -688,7 +710,8 @@ def main(argv=None):
         args.real_benchmarks, args.real_seeds, args.real_presets = ["imre_sep5"], [0], ["mspt"]
         args.real_ablations, args.real_ablation_benchmarks = ["mspt", "shared_key_bank"], ["imre_sep5"]
         args.real_overrides = [*args.real_overrides, "max_train_per_task=4", "num_train_epochs=1"]
-        args.recipe_grid = [(4, 1), (2, 2)]
+        if args.recipe_grid == [parse_recipe(x) for x in RECIPE_GRID]:  # unless chosen on the command line
+            args.recipe_grid = [(4, 1), (2, 2)]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     os.makedirs(args.output_dir, exist_ok=True)
     name = "strategies_quick" if args.quick else "strategies"
@@ -707,10 +730,7 @@ def main(argv=None):
                       data_root)
     planned = plan(args, tuning_records(args, results_path))
     records = read_jsonl(results_path)
-    table = report(planned, records, args.tuning_seeds)
-    plots = median_matrix_plots(planned, records, args.output_dir)
-    if plots:
-        table += "\n\n" + "\n".join(plots)
+    table = report(planned, records, args.tuning_seeds, plot_dir=args.output_dir)
     with open(os.path.join(args.output_dir, f"{name}.md"), "w", encoding="utf-8") as f:
         f.write(table + "\n")
     print(table)
