@@ -125,7 +125,7 @@ REAL_BENCHMARKS = {
     "imner_plom": ("ner", "imner_plom_minilm.json", os.path.join("imner", "twitter2017")),
 }
 # --suite recipe: equal budgets (rows × epochs per task = 1,800) around the real configs' 600 × 3.
-RECIPE_GRID = ("1800x1", "900x2", "600x3", "300x6")
+RECIPE_GRID = ((1800, 1), (900, 2), (600, 3), (300, 6))  # (rows per task, epochs)
 REAL_CORE_PRESETS = ("finetune", "replay", "derpp", "mspt", "joint")  # every seed; the other presets the first only
 # The mechanism rows on real text (issue 13), every --real-seeds, on --real-ablation-benchmarks. The real configs have
 # no images, so the modulation has nothing to balance (every sample is left out of both scores: k = 1, see
@@ -681,7 +681,7 @@ def main(argv=None):
                         help="The real benchmarks that run --real-ablations (none: no mechanism rows).")
     parser.add_argument("--real-overrides", nargs="*", default=[], metavar="NAME=JSON",
                         help="Change the configs' recipe for every real run, e.g. max_train_per_task=200.")
-    parser.add_argument("--recipe-grid", nargs="+", type=parse_recipe, default=[parse_recipe(x) for x in RECIPE_GRID],
+    parser.add_argument("--recipe-grid", nargs="+", type=parse_recipe, default=list(RECIPE_GRID),
                         metavar="ROWSxEPOCHS",
                         help="--suite recipe: per-task training rows × epochs compared on validation (default: equal "
                              "budgets of the real configs' 600x3).")  # fmt: skip
@@ -711,7 +711,7 @@ def main(argv=None):
         args.real_benchmarks, args.real_seeds, args.real_presets = ["imre_sep5"], [0], ["mspt"]
         args.real_ablations, args.real_ablation_benchmarks = ["mspt", "shared_key_bank"], ["imre_sep5"]
         args.real_overrides = [*args.real_overrides, "max_train_per_task=4", "num_train_epochs=1"]
-        if args.recipe_grid == [parse_recipe(x) for x in RECIPE_GRID]:  # unless chosen on the command line
+        if args.recipe_grid == list(RECIPE_GRID):  # unless chosen on the command line
             args.recipe_grid = [(4, 1), (2, 2)]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     os.makedirs(args.output_dir, exist_ok=True)
