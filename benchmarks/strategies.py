@@ -77,6 +77,10 @@ MODEL_DEFAULTS = {"re": {"re_pooling": "entity"}, "ner": {}}  # examples/run_imr
 # package default when the first records of this sweep version were written, with no mode in their model arguments:
 # a run naming "bank" has their key (RunSpec.key), so those records stay valid.
 LEGACY_SHARED_KEY = "bank"
+# Code changes that move one strategy's results, part of its runs' keys (so a sweep reruns them and a report never mixes
+# code): er_ace 2, its memory batch holds the current task's kept rows during their task (it learned each task one
+# task late without them).
+STRATEGY_REVISIONS = {"er_ace": 2}
 SYNTHETIC_VERSION = "1.1.0"  # datasets_scripts/synthetic.py: part of every synthetic run's key, so new data reruns
 SGD = dict(optim="sgd", optim_args="momentum=0.9", learning_rate=0.05)
 # name -> (ContinualTrainingArguments overrides, model overrides[, preset]); the preset is mspt unless given. The
@@ -154,6 +158,8 @@ class RunSpec:
         ident = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("suite", "variant")}
         if ident["model"].get("shared_key_mode") == LEGACY_SHARED_KEY:
             ident["model"] = {k: v for k, v in ident["model"].items() if k != "shared_key_mode"}
+        if self.strategy in STRATEGY_REVISIONS:
+            ident["revision"] = STRATEGY_REVISIONS[self.strategy]
         return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 

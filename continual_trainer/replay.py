@@ -18,6 +18,12 @@ class ReplayMemory:
 
     def add_task(self, task_id: int, buckets) -> list[int]:
         """Select from one task's training set, given each row's bucket. Returns the selected row indices (sorted)."""
+        self.indices[task_id] = self.select(task_id, buckets)
+        return self.indices[task_id]
+
+    def select(self, task_id: int, buckets) -> list[int]:
+        """The rows `add_task` keeps for this task, without keeping them: the draw depends on (seed, task) and the
+        buckets only, so it is known before the task is trained (ER-ACE replays them during their own task)."""
         buckets = np.asarray(buckets)
         rng = np.random.default_rng([self.seed, task_id])
         chosen = []
@@ -25,8 +31,7 @@ class ReplayMemory:
             rows = np.flatnonzero(buckets == bucket)
             take = min(self.memory_per_label, len(rows))
             chosen.extend(rng.choice(rows, size=take, replace=False).tolist())
-        self.indices[task_id] = sorted(chosen)
-        return self.indices[task_id]
+        return sorted(chosen)
 
     def __len__(self):
         return sum(len(v) for v in self.indices.values())

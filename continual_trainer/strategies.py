@@ -204,9 +204,23 @@ class ExperienceReplay(_MemoryComponent):
         self._rows, self._micro = None, (None, 0)
 
     def before_fit(self, dataset, phase, checkpoint):
-        rows = self.memory_dataset()
+        rows = self.replay_dataset()
         self._rows = None if rows is None else self.trainer.data_collator.undecoded(rows)
         return dataset
+
+    def replay_dataset(self):
+        """What the memory batch is drawn from: the memory; with ER-ACE's asymmetric loss, from the second task on,
+        also the current task's rows that the memory will keep (selected now: the draw depends on the seed, the task
+        and the buckets, not on the model), as a reservoir buffer holds the incoming rows during their own task
+        (Caccia et al.'s and Mammoth's code). Without them nothing sets the new labels against the old ones on the
+        new rows (the incoming loss masks the old labels) and each task is learned one task late."""
+        memory = self.memory_dataset()
+        trainer = self.trainer
+        if not self.args.asymmetric_replay or not trainer.current_task or trainer.benchmark is None:
+            return memory
+        train = trainer.benchmark.tasks[trainer.current_task].train
+        current = train.select(self.memory.select(trainer.current_task, trainer.replay_buckets(train)))
+        return current if memory is None else concatenate_datasets([memory, current])
 
     def draw(self, step: Step, stream: int):
         """(memory row ids, collated batch on the device) for this micro-batch, or (None, None) with an empty memory."""
@@ -274,6 +288,9 @@ class DarkExperienceReplay(ExperienceReplay):
         model.train(was_training)
         self.logits[task.task_id] = torch.cat(chunks)
 
+    def replay_dataset(self):
+        return self.memory_dataset()  # rows with stored logits only
+
     def before_fit(self, dataset, phase, checkpoint):
         """Also lines the stored logits up with the memory's rows, with [rows, C] the labels seen when each row was
         stored, once per fit (the memory does not change within one)."""
@@ -316,7 +333,10 @@ class AsymmetricReplay(ContinualComponent):
     """`er_ace`: ER-ACE's asymmetric cross-entropy (Caccia et al., ICLR 2022). From the second task on, the loss of
     the incoming batch only sees the logits of the labels present in that batch and of the labels not seen yet (as
     the authors' code): the old labels are masked (-1e4), so incoming data cannot push old classes' logits down; the
-    memory batch (the `er` component) trains on every seen label."""
+    memory batch (the `er` component) trains on every seen label, and during a task it also holds the rows of that
+    task the memory will keep (`ExperienceReplay.replay_dataset`), as the authors' reservoir buffer holds incoming
+    rows: the memory batch is the only loss that sets the new labels against the old ones, so without the current
+    task's rows there each task would be learned only once it is old."""
 
     name = "er_ace"
 
