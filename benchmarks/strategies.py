@@ -28,8 +28,8 @@ the real validation splits (budget; the report says so).
 
 The real recipe (`--suite recipe`): the configs' per-task training subset and epochs, chosen on the validation splits.
 `--recipe-grid` (default 1800x1 900x2 600x3 300x6: equal budgets, rows × epochs per task) runs `--recipe-strategy`
-(default replay) on `--recipe-benchmarks` with the tuning seeds; the table gives each recipe's validation metric after
-the last task and marks the best. Run it with the real suite's output folder (`--suite real recipe --output-dir
+(default replay) on `--recipe-benchmarks` with `--recipe-seeds` (default: the tuning seeds); the table gives each
+recipe's validation metric after the last task and marks the best. Run it with the real suite's output folder (`--suite real recipe --output-dir
 benchmarks/results/real`): a recipe run is a real run, so the records are shared and the report holds both. The report
 also plots the accuracy matrix of the median MSPT run of each real benchmark (`<benchmark>_mspt_median_matrix.png`).
 """
@@ -230,7 +230,7 @@ def plan(args, records=()) -> list[RunSpec]:
                     size = [f"max_train_per_task={rows}", f"num_train_epochs={epochs}"]
                     model, data_fields, recipe = real_recipe(config_file, [*args.real_overrides, *size])
                     model = {"shared_key_mode": args.shared_key, **model}
-                    for seed in args.tuning_seeds:
+                    for seed in args.recipe_seeds or args.tuning_seeds:
                         specs.append(RunSpec(suite, name, task, f"{args.recipe_strategy} {rows}x{epochs}",
                                              args.recipe_strategy, seed, data_fields, recipe, model))  # fmt: skip
         elif suite == "real":
@@ -687,6 +687,9 @@ def main(argv=None):
                         help="The real benchmarks that run --real-ablations (none: no mechanism rows).")
     parser.add_argument("--real-overrides", nargs="*", default=[], metavar="NAME=JSON",
                         help="Change the configs' recipe for every real run, e.g. max_train_per_task=200.")
+    parser.add_argument("--recipe-seeds", nargs="+", type=int, default=None,
+                        help="Seeds of the recipe runs (default: --tuning-seeds). Its own option, so that the real "
+                             "suite's EWC / LwF values can come from the synthetic tuning seeds meanwhile.")
     parser.add_argument("--recipe-grid", nargs="+", type=parse_recipe, default=list(RECIPE_GRID),
                         metavar="ROWSxEPOCHS",
                         help="--suite recipe: per-task training rows × epochs compared on validation (default: equal "
