@@ -29,9 +29,10 @@ the real validation splits (budget; the report says so).
 The real recipe (`--suite recipe`): the configs' per-task training subset and epochs, chosen on the validation splits.
 `--recipe-grid` (default 1800x1 900x2 600x3 300x6: equal budgets, rows × epochs per task) runs `--recipe-strategy`
 (default replay) on `--recipe-benchmarks` with `--recipe-seeds` (default: the tuning seeds); the table gives each
-recipe's validation metric after the last task and marks the best. Run it with the real suite's output folder (`--suite real recipe --output-dir
-benchmarks/results/real`): a recipe run is a real run, so the records are shared and the report holds both. The report
-also plots the accuracy matrix of the median MSPT run of each real benchmark (`<benchmark>_mspt_median_matrix.png`).
+recipe's validation metric after the last task and marks the best. Run it with the real suite's output folder
+(`--suite real recipe --output-dir benchmarks/results/real`): a recipe run is a real run, so the records are shared
+and the report holds both. The report also plots the accuracy matrix of the median MSPT run of each real benchmark
+(`<benchmark>_mspt_median_matrix.png`).
 """
 
 import argparse

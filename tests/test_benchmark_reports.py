@@ -20,7 +20,7 @@ def strategies():
 
 def _args(**kwargs):
     base = dict(num_tasks=3, train_per_task=200, test_per_task=100, real_overrides=[], shared_key="additive",
-                tuning_seeds=[100, 101], recipe_benchmarks=["imre_sep5"], recipe_strategy="replay",
+                tuning_seeds=[100, 101], recipe_seeds=None, recipe_benchmarks=["imre_sep5"], recipe_strategy="replay",
                 real_seeds=[0], real_benchmarks=["imre_sep5"], real_presets=["mspt"], real_ablation_benchmarks=[])  # fmt: skip
     return argparse.Namespace(**{**base, **kwargs})
 
@@ -42,6 +42,9 @@ def test_recipe_is_chosen_by_the_mean_over_seeds_and_only_on_a_complete_grid(str
     specs = strategies.plan(_args(suite=["recipe"], recipe_grid=[(1800, 1), (900, 2), (600, 3)]))
     assert [(s.variant, s.seed) for s in specs] == [(f"replay {g}", seed) for g in ("1800x1", "900x2", "600x3")
                                                     for seed in (100, 101)]  # fmt: skip
+    # --recipe-seeds, when given, replaces the tuning seeds for the recipe runs only.
+    own = strategies.plan(_args(suite=["recipe"], recipe_grid=[(600, 3)], recipe_seeds=[7], tuning_seeds=[100]))
+    assert [s.seed for s in own] == [7]
     # Seed 100 alone would choose 1800x1; the mean over both seeds chooses 600x3.
     validation = {("replay 1800x1", 100): 0.5, ("replay 1800x1", 101): 0.1, ("replay 900x2", 100): 0.2,
                   ("replay 900x2", 101): 0.3, ("replay 600x3", 100): 0.3, ("replay 600x3", 101): 0.35}  # fmt: skip
