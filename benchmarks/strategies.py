@@ -689,8 +689,8 @@ def main(argv=None):
     parser.add_argument("--real-overrides", nargs="*", default=[], metavar="NAME=JSON",
                         help="Change the configs' recipe for every real run, e.g. max_train_per_task=200.")
     parser.add_argument("--recipe-seeds", nargs="+", type=int, default=None,
-                        help="Seeds of the recipe runs (default: --tuning-seeds). Its own option, so that the real "
-                             "suite's EWC / LwF values can come from the synthetic tuning seeds meanwhile.")
+                        help="Seeds of the recipe runs (default: --tuning-seeds), so that the recipe table and the "
+                             "real suite's EWC / LwF values (synthetic tuning) can use different seeds.")
     parser.add_argument("--recipe-grid", nargs="+", type=parse_recipe, default=list(RECIPE_GRID),
                         metavar="ROWSxEPOCHS",
                         help="--suite recipe: per-task training rows × epochs compared on validation (default: equal "

@@ -219,8 +219,7 @@ def test_er_ace_learns_each_task_during_that_task(tmp_path):
                                processing_class=processor)  # fmt: skip
     trainer.train_tasks(bench)
     new = [bench.label_names.index(name) for name in bench.tasks[1].new_labels]
-    test = bench.tasks[1].test
-    rows = [test[i] for i in range(len(test)) if test[i]["relation"] in new]
+    rows = [row for row in bench.tasks[1].test if row["relation"] in new]
     batch = MSPTDataCollator(processor, "re")(rows)
     labels = batch.pop("labels")
     model.eval()
